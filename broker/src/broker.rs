@@ -1,0 +1,108 @@
+//! The [`Broker`] trait: the small, stable centre every backend implements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    BrokerError, InboundMessage, OutboundMessage, PublishAck, Requests, SubscribeOptions,
+    Subscription,
+};
+
+/// Which backend a broker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerKind {
+    /// The embedded SQLite log.
+    Embedded,
+    /// NATS JetStream.
+    Nats,
+    /// RabbitMQ over AMQP 0-9-1.
+    Amqp,
+}
+
+impl std::fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BrokerKind::Embedded => "embedded",
+            BrokerKind::Nats => "nats",
+            BrokerKind::Amqp => "amqp",
+        })
+    }
+}
+
+/// A message broker with durable, at-least-once delivery.
+///
+/// Semantics every backend keeps (checked by the conformance suite in
+/// `broker/tests/conformance.rs`):
+/// - `publish` returns only after the broker durably accepted the message;
+///   a message whose `ce-id` was already accepted is reported as a duplicate
+///   and stored once.
+/// - A consumer *group* is durable: it is created by the first `subscribe`
+///   with its start position, and later subscribes resume after the last
+///   acked message. Subscribers of one group share its messages; every group
+///   receives every matching message.
+/// - Deliveries are acked, nacked with a redelivery delay, or dead-lettered
+///   with a reason. Unacked deliveries come back after `ack_wait`. A message
+///   delivered more than `max_deliveries` times is dead-lettered.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Which backend this is.
+    fn kind(&self) -> BrokerKind;
+
+    /// Publishes one message and waits until the broker durably accepted it.
+    ///
+    /// # Errors
+    /// The broker refused or did not confirm the message, the message was
+    /// unroutable, or the connection failed.
+    async fn publish(&self, message: OutboundMessage) -> Result<PublishAck, BrokerError>;
+
+    /// Publishes many messages with their acknowledgements pipelined, in order.
+    ///
+    /// Returns one result per message, so a caller knows exactly which were
+    /// accepted when some were not.
+    async fn publish_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>>;
+
+    /// Joins (creating if needed) a durable consumer group.
+    ///
+    /// # Errors
+    /// Invalid options, or the broker could not create the consumer.
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, BrokerError>;
+
+    /// Sends a request on `subject` and waits up to `timeout` for one reply.
+    ///
+    /// Requests are not stored: they reach only responders serving now.
+    ///
+    /// # Errors
+    /// [`BrokerError::Timeout`] when no reply came in time,
+    /// [`BrokerError::NoResponders`] when the backend knows nobody listens.
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<InboundMessage, BrokerError>;
+
+    /// Serves requests matching `subject` (a filter); responders sharing a
+    /// `group` split the requests between them.
+    ///
+    /// # Errors
+    /// The broker could not set up the listener.
+    async fn serve(&self, subject: &str, group: &str) -> Result<Requests, BrokerError>;
+
+    /// Deletes a consumer group and its pending messages.
+    ///
+    /// # Errors
+    /// The broker refused.
+    async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError>;
+
+    /// Deletes a domain's stream and its dead letters (tests and operators).
+    ///
+    /// # Errors
+    /// The broker refused.
+    async fn delete_domain(&self, domain: &str) -> Result<(), BrokerError>;
+
+    /// Flushes and closes connections; later calls fail.
+    async fn close(&self);
+}

@@ -1,0 +1,556 @@
+//! The log itself: one SQLite file in WAL mode, a single writer task that
+//! group-commits publishes, and readers on a small connection pool.
+//!
+//! Sequences are per stream and assigned inside `BEGIN IMMEDIATE`
+//! transactions, so several processes may publish to one file safely.
+//! `ce-id` de-duplication is permanent: a unique index on `(stream, msg_id)`
+//! backs an in-memory cache of recent ids that keeps the fast path one
+//! multi-row `INSERT` per 256 messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::codec;
+use crate::{BrokerError, OutboundMessage, PublishAck, dead_letter, subject};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS messages (
+        stream TEXT NOT NULL, seq INTEGER NOT NULL, subject TEXT NOT NULL, msg_id TEXT,
+        headers BLOB NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL,
+        PRIMARY KEY (stream, seq)) WITHOUT ROWID",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_msg_id ON messages (stream, msg_id) WHERE msg_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS groups (
+        stream TEXT NOT NULL, name TEXT NOT NULL, filter TEXT NOT NULL, ack_floor INTEGER NOT NULL,
+        PRIMARY KEY (stream, name))",
+    "CREATE TABLE IF NOT EXISTS redeliveries (
+        stream TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, deliveries INTEGER NOT NULL,
+        PRIMARY KEY (stream, grp, seq))",
+];
+
+/// Rows per multi-row INSERT statement (7 parameters each).
+const INSERT_CHUNK: usize = 256;
+/// Most messages one group commit takes.
+const MAX_COMMIT: usize = 8192;
+/// How many recent `(stream, ce-id)` pairs the writer remembers.
+const DEDUP_CACHE: usize = 1 << 20;
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: a commit survives a process crash; the
+    /// last commits before a power loss or OS crash may be lost.
+    #[default]
+    Normal,
+    /// WAL with `synchronous=FULL`: every commit is fsynced; survives power loss.
+    Full,
+}
+
+/// A message as stored in the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) seq: u64,
+    pub(crate) subject: String,
+    pub(crate) headers: Vec<u8>,
+    pub(crate) payload: Bytes,
+    pub(crate) ts_micros: i64,
+}
+
+type Reply = oneshot::Sender<Vec<Result<PublishAck, BrokerError>>>;
+
+struct WriteRequest {
+    messages: Vec<OutboundMessage>,
+    reply: Reply,
+}
+
+/// Handle to the log file.
+pub(crate) struct Store {
+    pool: SqlitePool,
+    writer: mpsc::Sender<WriteRequest>,
+    heads: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(e.to_string())
+}
+
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating) the log at `path`.
+    pub(crate) async fn open(
+        path: &Path,
+        durability: Durability,
+    ) -> Result<std::sync::Arc<Store>, BrokerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(storage)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Normal => SqliteSynchronous::Normal,
+                Durability::Full => SqliteSynchronous::Full,
+            })
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&mut conn).await.map_err(storage)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(storage)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let store = std::sync::Arc::new(Store {
+            pool,
+            writer: tx,
+            heads: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(writer_loop(conn, rx, std::sync::Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    /// The reader pool (also used for small group-state writes).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Publishes messages through the group-committing writer.
+    pub(crate) async fn publish(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>> {
+        let n = messages.len();
+        let (reply, rx) = oneshot::channel();
+        if self.writer.send(WriteRequest { messages, reply }).await.is_err() {
+            return (0..n).map(|_| Err(BrokerError::Closed)).collect();
+        }
+        rx.await
+            .unwrap_or_else(|_| (0..n).map(|_| Err(BrokerError::Closed)).collect())
+    }
+
+    /// A receiver that changes whenever `stream` gets new messages in this process.
+    pub(crate) fn watch_head(&self, stream: &str) -> watch::Receiver<u64> {
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads
+            .entry(stream.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn notify(&self, stream: &str, last: u64) {
+        let heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = heads.get(stream) {
+            tx.send_replace(last);
+        }
+    }
+
+    /// The last sequence of `stream` (0 when empty).
+    pub(crate) async fn last_seq(&self, stream: &str) -> Result<u64, BrokerError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM streams WHERE name = ?")
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(row.map_or(0, |r| r.0.max(0) as u64))
+    }
+
+    /// Up to `limit` messages of `stream` from `from` (inclusive), in order.
+    pub(crate) async fn read_from(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, BrokerError> {
+        let rows = sqlx::query(
+            "SELECT seq, subject, headers, payload, ts FROM messages
+             WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(stream)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage)?;
+        rows.into_iter().map(stored).collect()
+    }
+
+    /// One message by sequence.
+    pub(crate) async fn read_one(&self, stream: &str, seq: u64) -> Result<Option<Stored>, BrokerError> {
+        let row = sqlx::query(
+            "SELECT seq, subject, headers, payload, ts FROM messages WHERE stream = ? AND seq = ?",
+        )
+        .bind(stream)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(storage)?;
+        row.map(stored).transpose()
+    }
+
+    /// The first sequence stored at or after `micros`, if any. Timestamps are
+    /// assigned by the committing writer and so rise with the sequence, which
+    /// lets this binary-search without an index on time.
+    pub(crate) async fn first_seq_at(&self, stream: &str, micros: i64) -> Result<Option<u64>, BrokerError> {
+        let (mut lo, mut hi) = (1u64, self.last_seq(stream).await?);
+        let mut found = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT seq, ts FROM messages WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT 1",
+            )
+            .bind(stream)
+            .bind(i64::try_from(mid).unwrap_or(i64::MAX))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?;
+            match row {
+                Some((seq, ts)) if ts >= micros => {
+                    found = Some(seq as u64);
+                    if mid == 0 {
+                        break;
+                    }
+                    hi = mid - 1;
+                }
+                Some((seq, _)) => lo = seq as u64 + 1,
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes every message and group of `stream`.
+    pub(crate) async fn delete_stream(&self, stream: &str) -> Result<(), BrokerError> {
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+        for sql in [
+            "DELETE FROM messages WHERE stream = ?",
+            "DELETE FROM streams WHERE name = ?",
+            "DELETE FROM groups WHERE stream = ?",
+            "DELETE FROM redeliveries WHERE stream = ?",
+        ] {
+            sqlx::query(sql).bind(stream).execute(&mut *tx).await.map_err(storage)?;
+        }
+        tx.commit().await.map_err(storage)
+    }
+
+    /// Stops the writer after what is queued and closes the pool.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn stored(row: sqlx::sqlite::SqliteRow) -> Result<Stored, BrokerError> {
+    Ok(Stored {
+        seq: row.try_get::<i64, _>(0).map_err(storage)? as u64,
+        subject: row.try_get(1).map_err(storage)?,
+        headers: row.try_get(2).map_err(storage)?,
+        payload: Bytes::from(row.try_get::<Vec<u8>, _>(3).map_err(storage)?),
+        ts_micros: row.try_get(4).map_err(storage)?,
+    })
+}
+
+/// Remembers recent `(stream, id)` pairs and their sequences.
+struct DedupCache {
+    map: HashMap<String, u64>,
+    order: VecDeque<String>,
+}
+
+impl DedupCache {
+    fn key(stream: &str, id: &str) -> String {
+        let mut k = String::with_capacity(stream.len() + id.len() + 1);
+        k.push_str(stream);
+        k.push('\0');
+        k.push_str(id);
+        k
+    }
+
+    fn insert(&mut self, key: String, seq: u64) {
+        if self.order.len() >= DEDUP_CACHE
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        self.order.push_back(key.clone());
+        self.map.insert(key, seq);
+    }
+}
+
+/// One row to insert.
+struct NewRow {
+    stream: String,
+    seq: u64,
+    index: usize,
+    msg_id: Option<String>,
+}
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    store: std::sync::Weak<Store>,
+) {
+    let mut cache = DedupCache {
+        map: HashMap::new(),
+        order: VecDeque::new(),
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].messages.len();
+        while count < MAX_COMMIT {
+            match rx.try_recv() {
+                Ok(req) => {
+                    count += req.messages.len();
+                    batch.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let messages: Vec<&OutboundMessage> = batch.iter().flat_map(|r| r.messages.iter()).collect();
+        let results = match commit_fast(&mut conn, &messages, &mut cache).await {
+            Ok(Some(results)) => Ok(results),
+            Ok(None) => commit_slow(&mut conn, &messages, &mut cache).await,
+            Err(e) => Err(e),
+        };
+        let mut results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "embedded log commit failed");
+                messages.iter().map(|_| Err(BrokerError::Storage(e.to_string()))).collect()
+            }
+        };
+        if let Some(store) = store.upgrade() {
+            let mut heads: HashMap<&str, u64> = HashMap::new();
+            for (m, r) in messages.iter().zip(&results) {
+                if let Ok(PublishAck { sequence: Some(s), duplicate: false }) = r {
+                    let e = heads.entry(subject::stream_key(&m.subject)).or_default();
+                    *e = (*e).max(*s);
+                }
+            }
+            for (stream, last) in heads {
+                store.notify(stream, last);
+            }
+        }
+        for req in batch {
+            let rest = results.split_off(req.messages.len());
+            let _ = req.reply.send(results);
+            results = rest;
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// The de-duplication id of a message: `ce-id`, or for dead letters one that
+/// also names the group.
+fn msg_id(m: &OutboundMessage) -> Option<String> {
+    if m.headers.get(dead_letter::GROUP).is_some() {
+        dead_letter::dedup_id(m)
+    } else {
+        m.id().map(str::to_owned)
+    }
+}
+
+async fn last_seqs(
+    conn: &mut SqliteConnection,
+    messages: &[&OutboundMessage],
+) -> Result<HashMap<String, u64>, BrokerError> {
+    let mut last = HashMap::new();
+    for m in messages {
+        let key = subject::stream_key(&m.subject);
+        if !last.contains_key(key) {
+            let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM streams WHERE name = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(storage)?;
+            last.insert(key.to_owned(), row.map_or(0, |r| r.0.max(0) as u64));
+        }
+    }
+    Ok(last)
+}
+
+async fn save_last_seqs(conn: &mut SqliteConnection, last: &HashMap<String, u64>) -> Result<(), BrokerError> {
+    for (stream, seq) in last {
+        sqlx::query(
+            "INSERT INTO streams (name, last_seq) VALUES (?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq",
+        )
+        .bind(stream)
+        .bind(*seq as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The common case: ids the cache does not know are new. Returns `None`
+/// (after rolling back) when the unique index says otherwise.
+async fn commit_fast(
+    conn: &mut SqliteConnection,
+    messages: &[&OutboundMessage],
+    cache: &mut DedupCache,
+) -> Result<Option<Vec<Result<PublishAck, BrokerError>>>, BrokerError> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(storage)?;
+    let outcome = async {
+        let mut last = last_seqs(conn, messages).await?;
+        let mut results = Vec::with_capacity(messages.len());
+        let mut rows = Vec::with_capacity(messages.len());
+        let mut batch_ids: HashMap<String, u64> = HashMap::new();
+        for (index, m) in messages.iter().enumerate() {
+            if let Err(e) = subject::validate_subject(&m.subject) {
+                results.push(Err(e));
+                continue;
+            }
+            let stream = subject::stream_key(&m.subject).to_owned();
+            let id = msg_id(m);
+            if let Some(id) = &id {
+                let key = DedupCache::key(&stream, id);
+                if let Some(seq) = cache.map.get(&key).or_else(|| batch_ids.get(&key)) {
+                    results.push(Ok(PublishAck { sequence: Some(*seq), duplicate: true }));
+                    continue;
+                }
+            }
+            let seq = last.get(&stream).copied().unwrap_or(0) + 1;
+            last.insert(stream.clone(), seq);
+            if let Some(id) = &id {
+                batch_ids.insert(DedupCache::key(&stream, id), seq);
+            }
+            results.push(Ok(PublishAck { sequence: Some(seq), duplicate: false }));
+            rows.push(NewRow { stream, seq, index, msg_id: id });
+        }
+        let ts = now_micros();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                let m = messages[r.index];
+                q = q
+                    .bind(r.stream.clone())
+                    .bind(r.seq as i64)
+                    .bind(m.subject.clone())
+                    .bind(r.msg_id.clone())
+                    .bind(codec::encode(&m.headers))
+                    .bind(m.payload.to_vec())
+                    .bind(ts);
+            }
+            let done = q.execute(&mut *conn).await.map_err(storage)?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Ok(None);
+            }
+        }
+        save_last_seqs(conn, &last).await?;
+        Ok(Some((results, batch_ids)))
+    }
+    .await;
+    match outcome {
+        Ok(Some((results, ids))) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(storage)?;
+            for (k, seq) in ids {
+                cache.insert(k, seq);
+            }
+            Ok(Some(results))
+        }
+        Ok(None) => {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await.map_err(storage)?;
+            Ok(None)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO messages (stream, seq, subject, msg_id, headers, payload, ts) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// Row by row, asking the index about every id (after a conflict the cache
+/// did not foresee: another process published it, or it aged out).
+async fn commit_slow(
+    conn: &mut SqliteConnection,
+    messages: &[&OutboundMessage],
+    cache: &mut DedupCache,
+) -> Result<Vec<Result<PublishAck, BrokerError>>, BrokerError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?;
+    let mut last = last_seqs(&mut tx, messages).await?;
+    let mut results = Vec::with_capacity(messages.len());
+    let mut ids = Vec::new();
+    let ts = now_micros();
+    for m in messages {
+        if let Err(e) = subject::validate_subject(&m.subject) {
+            results.push(Err(e));
+            continue;
+        }
+        let stream = subject::stream_key(&m.subject).to_owned();
+        let id = msg_id(m);
+        if let Some(id) = &id {
+            let existing: Option<(i64,)> =
+                sqlx::query_as("SELECT seq FROM messages WHERE stream = ? AND msg_id = ?")
+                    .bind(&stream)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(storage)?;
+            if let Some((seq,)) = existing {
+                results.push(Ok(PublishAck { sequence: Some(seq as u64), duplicate: true }));
+                continue;
+            }
+        }
+        let seq = last.get(&stream).copied().unwrap_or(0) + 1;
+        last.insert(stream.clone(), seq);
+        sqlx::query(AssertSqlSafe(insert_sql(1)))
+            .bind(&stream)
+            .bind(seq as i64)
+            .bind(&m.subject)
+            .bind(&id)
+            .bind(codec::encode(&m.headers))
+            .bind(m.payload.to_vec())
+            .bind(ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        if let Some(id) = id {
+            ids.push((DedupCache::key(&stream, &id), seq));
+        }
+        results.push(Ok(PublishAck { sequence: Some(seq), duplicate: false }));
+    }
+    save_last_seqs(&mut tx, &last).await?;
+    tx.commit().await.map_err(storage)?;
+    for (k, seq) in ids {
+        cache.insert(k, seq);
+    }
+    Ok(results)
+}

@@ -1,0 +1,440 @@
+//! The Broker conformance suite: the same test bodies run against every
+//! backend (`embedded::*`, `nats::*`, `amqp::*` in the test output).
+//!
+//! Each test gets its own domain (hence stream), groups and, on RabbitMQ, its
+//! own exchange; everything is deleted afterwards. Broker servers are never
+//! optional: a missing one fails the test with a reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod fixture;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use fixture::Fixture;
+use prost::Message;
+use sluice_broker::{
+    Delivery, Headers, InboundMessage, OutboundMessage, StartPosition, SubscribeOptions,
+    Subscription, dead_letter,
+};
+use sluice_proto::Envelope;
+use sluice_proto::shop::orders::v1::{OrderLine, OrderPlaced};
+
+/// A valid Sluice event whose order id is `n`.
+fn event(fx: &Fixture, n: usize) -> OutboundMessage {
+    let ev = OrderPlaced {
+        order_id: format!("o{n}"),
+        customer_id: "c1".into(),
+        lines: vec![OrderLine {
+            product_id: "p1".into(),
+            quantity: 1,
+            price_cents: 100,
+        }],
+        total_cents: 100,
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+    };
+    let env = Envelope::new::<OrderPlaced>("/sluice/test").subject(format!("o{n}"));
+    OutboundMessage::event(fx.subject("order.placed"), &env, &ev)
+}
+
+/// The order number carried by a message from [`event`].
+fn number(m: &InboundMessage) -> usize {
+    let ev = OrderPlaced::decode(m.payload.as_ref()).expect("payload is an OrderPlaced");
+    ev.order_id[1..].parse().expect("order id is o<n>")
+}
+
+async fn recv(sub: &mut Subscription, within: Duration) -> Delivery {
+    match tokio::time::timeout(within, sub.next()).await {
+        Ok(Some(Ok(d))) => d,
+        Ok(Some(Err(e))) => panic!("subscription error: {e}"),
+        Ok(None) => panic!("subscription ended"),
+        Err(_) => panic!("no delivery within {within:?}"),
+    }
+}
+
+/// Asserts nothing arrives for `quiet`.
+async fn assert_quiet(sub: &mut Subscription, quiet: Duration) {
+    if let Ok(Some(item)) = tokio::time::timeout(quiet, sub.next()).await {
+        panic!("unexpected delivery: {item:?}");
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn opts(fx: &Fixture, group: &str) -> SubscribeOptions {
+    SubscribeOptions::new(group, fx.filter())
+}
+
+async fn publish_all(fx: &Fixture, msgs: Vec<OutboundMessage>) {
+    for r in fx.broker.publish_batch(msgs).await {
+        r.expect("publish confirmed");
+    }
+}
+
+async fn round_trip_keeps_headers_and_payload(fx: &Fixture) {
+    let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
+    let mut msg = event(fx, 1);
+    msg.headers.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    msg.headers.insert("tracestate", "sluice=1");
+    msg.headers.insert("correlation-id", "corr-1");
+    msg.headers.insert("causation-id", "cause-1");
+    msg.headers.insert("x-custom", "value with spaces");
+    let ack = fx.broker.publish(msg.clone()).await.unwrap();
+    assert!(!ack.duplicate);
+    let d = recv(&mut sub, WAIT).await;
+    assert_eq!(d.message.subject, msg.subject);
+    assert_eq!(d.message.headers, msg.headers);
+    assert_eq!(d.message.payload, msg.payload);
+    assert_eq!(d.message.delivered, 1);
+    let (env, ev) = d.message.decode::<OrderPlaced>().unwrap();
+    assert_eq!(env.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(ev.order_id, "o1");
+    d.ack().await.unwrap();
+    sub.close().await;
+}
+
+async fn competing_consumers_in_one_group_get_disjoint_shares(fx: &Fixture) {
+    let o = opts(fx, "workers").prefetch(8);
+    let a = fx.broker.subscribe(o.clone()).await.unwrap();
+    let b = fx.broker.subscribe(o).await.unwrap();
+    let total = 200;
+    let consume = |mut sub: Subscription, done: std::sync::Arc<std::sync::atomic::AtomicUsize>| async move {
+        let mut got = Vec::new();
+        while done.load(std::sync::atomic::Ordering::SeqCst) < total {
+            match tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+                Ok(Some(Ok(d))) => {
+                    got.push(number(&d.message));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    d.ack().await.unwrap();
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(Some(Err(e))) => panic!("{e}"),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        sub.close().await;
+        got
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ta = tokio::spawn(consume(a, done.clone()));
+    let tb = tokio::spawn(consume(b, done.clone()));
+    publish_all(fx, (0..total).map(|n| event(fx, n)).collect()).await;
+    let (ga, gb) = tokio::time::timeout(Duration::from_secs(60), async {
+        (ta.await.unwrap(), tb.await.unwrap())
+    })
+    .await
+    .expect("both consumers finish");
+    let sa: BTreeSet<_> = ga.iter().copied().collect();
+    let sb: BTreeSet<_> = gb.iter().copied().collect();
+    assert!(sa.is_disjoint(&sb), "a message went to both members");
+    assert_eq!(sa.len() + sb.len(), total, "every message delivered once");
+    assert!(!sa.is_empty() && !sb.is_empty(), "both members got a share: {} / {}", sa.len(), sb.len());
+}
+
+async fn two_groups_each_get_every_message(fx: &Fixture) {
+    let mut a = fx.broker.subscribe(opts(fx, "ga")).await.unwrap();
+    let mut b = fx.broker.subscribe(opts(fx, "gb")).await.unwrap();
+    publish_all(fx, (0..50).map(|n| event(fx, n)).collect()).await;
+    for sub in [&mut a, &mut b] {
+        let mut seen = BTreeSet::new();
+        while seen.len() < 50 {
+            let d = recv(sub, WAIT).await;
+            seen.insert(number(&d.message));
+            d.ack().await.unwrap();
+        }
+        assert_quiet(sub, Duration::from_millis(300)).await;
+    }
+    a.close().await;
+    b.close().await;
+}
+
+async fn a_nack_with_delay_redelivers_after_the_delay(fx: &Fixture) {
+    let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
+    fx.broker.publish(event(fx, 7)).await.unwrap();
+    let d = recv(&mut sub, WAIT).await;
+    assert_eq!(d.message.delivered, 1);
+    let nacked = Instant::now();
+    d.nack(Duration::from_millis(800)).await.unwrap();
+    let again = recv(&mut sub, WAIT).await;
+    let waited = nacked.elapsed();
+    assert_eq!(number(&again.message), 7);
+    assert_eq!(again.message.delivered, 2);
+    assert!(waited >= Duration::from_millis(700), "redelivered after {waited:?}, before the delay");
+    again.ack().await.unwrap();
+    assert_quiet(&mut sub, Duration::from_millis(1200)).await;
+    sub.close().await;
+}
+
+async fn an_unacked_message_is_redelivered_after_ack_wait(fx: &Fixture) {
+    let o = opts(fx, "g").ack_wait(Duration::from_secs(1));
+    let mut sub = fx.broker.subscribe(o).await.unwrap();
+    fx.broker.publish(event(fx, 3)).await.unwrap();
+    let first = recv(&mut sub, WAIT).await;
+    let taken = Instant::now();
+    drop(first); // never settled, as if the consumer hung
+    let again = recv(&mut sub, WAIT).await;
+    assert!(taken.elapsed() >= Duration::from_millis(800), "redelivered too early");
+    assert_eq!(number(&again.message), 3);
+    assert_eq!(again.message.delivered, 2);
+    again.ack().await.unwrap();
+    sub.close().await;
+}
+
+async fn dead_letters(fx: &Fixture, group: &str) -> Subscription {
+    let o = SubscribeOptions::new(group, format!("dlq.{}.>", fx.domain)).start(StartPosition::Beginning);
+    fx.broker.subscribe(o).await.unwrap()
+}
+
+async fn max_deliveries_dead_letters_with_the_reason(fx: &Fixture) {
+    let o = opts(fx, "g").max_deliveries(2);
+    let mut sub = fx.broker.subscribe(o).await.unwrap();
+    let msg = event(fx, 9);
+    fx.broker.publish(msg.clone()).await.unwrap();
+    for attempt in 1..=2 {
+        let d = recv(&mut sub, WAIT).await;
+        assert_eq!(d.message.delivered, attempt);
+        d.nack(Duration::from_millis(10)).await.unwrap();
+    }
+    // The third delivery never reaches the handler: it is dead-lettered.
+    assert_quiet(&mut sub, Duration::from_millis(1500)).await;
+    let mut dlq = dead_letters(fx, "dlq-reader").await;
+    let dl = recv(&mut dlq, WAIT).await;
+    assert_eq!(dl.message.subject, format!("dlq.{}", msg.subject));
+    assert_eq!(dl.message.payload, msg.payload);
+    assert_eq!(dl.message.id(), msg.id());
+    let reason = dead_letter::reason(&dl.message).expect("reason header");
+    assert!(reason.contains("max deliveries"), "{reason}");
+    assert_eq!(dl.message.headers.get(dead_letter::GROUP), Some("g"));
+    assert_eq!(dl.message.headers.get(dead_letter::SUBJECT), Some(msg.subject.as_str()));
+    dl.ack().await.unwrap();
+    assert_quiet(&mut dlq, Duration::from_millis(500)).await;
+    sub.close().await;
+    dlq.close().await;
+}
+
+async fn malformed_messages_are_dead_lettered_by_the_consumer(fx: &Fixture) {
+    let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
+    let subject = fx.subject("order.placed");
+    // No CloudEvents headers at all.
+    let mut bare = Headers::new();
+    bare.insert("x-origin", "legacy");
+    let no_headers = OutboundMessage::new(subject.clone(), bare, Bytes::from_static(b"hello"));
+    // Valid envelope, payload that is not an OrderPlaced.
+    let env = Envelope::new::<OrderPlaced>("/sluice/test");
+    let garbage = OutboundMessage::new(subject.clone(), env.to_headers(), Bytes::from_static(&[0xff, 0xff, 0xff, 0x07]));
+    // Valid envelope of a type nobody compiled.
+    let unknown = OutboundMessage::new(
+        subject.clone(),
+        Envelope::with_type("shop.nope.v1.Nothing", "/sluice/test").to_headers(),
+        Bytes::new(),
+    );
+    let good = event(fx, 1);
+    for m in [no_headers, garbage.clone(), unknown, good.clone()] {
+        fx.broker.publish(m).await.unwrap();
+    }
+    let (env, d) = tokio::time::timeout(WAIT, sub.next_valid()).await.unwrap().unwrap().unwrap();
+    assert_eq!(d.message.id(), good.id());
+    assert_eq!(env.event_type, "shop.orders.v1.OrderPlaced");
+    d.ack().await.unwrap();
+
+    let mut dlq = dead_letters(fx, "dlq-reader").await;
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let dl = recv(&mut dlq, WAIT).await;
+        reasons.push(dead_letter::reason(&dl.message).unwrap().to_owned());
+        if dl.message.id() == garbage.id() {
+            assert_eq!(dl.message.payload, garbage.payload, "payload kept byte for byte");
+        }
+        dl.ack().await.unwrap();
+    }
+    assert!(reasons[0].contains("missing required header ce-id"), "{reasons:?}");
+    assert!(reasons[1].contains("does not decode as shop.orders.v1.OrderPlaced"), "{reasons:?}");
+    assert!(reasons[2].contains("unknown event type"), "{reasons:?}");
+    sub.close().await;
+    dlq.close().await;
+}
+
+async fn start_positions_replay_from_beginning_sequence_and_time(fx: &Fixture) {
+    publish_all(fx, (0..5).map(|n| event(fx, n)).collect()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let middle = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish_all(fx, (5..10).map(|n| event(fx, n)).collect()).await;
+
+    let read = |start: StartPosition, group: &'static str, count: usize| async move {
+        let o = opts(fx, group).start(start);
+        let mut sub = fx.broker.subscribe(o).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..count {
+            let d = recv(&mut sub, WAIT).await;
+            got.push((number(&d.message), d.message.sequence));
+            d.ack().await.unwrap();
+        }
+        assert_quiet(&mut sub, Duration::from_millis(500)).await;
+        sub.close().await;
+        got
+    };
+    let all = read(StartPosition::Beginning, "from-start", 10).await;
+    assert_eq!(all.iter().map(|x| x.0).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    let seq6 = all[6].1.expect("stream sequence known on replay");
+    let from_seq = read(StartPosition::Sequence(seq6), "from-seq", 4).await;
+    assert_eq!(from_seq.iter().map(|x| x.0).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+    let from_time = read(StartPosition::Time(middle), "from-time", 5).await;
+    assert_eq!(from_time.iter().map(|x| x.0).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+    // A group that starts new sees nothing of the past.
+    let o = opts(fx, "new-only");
+    let mut sub = fx.broker.subscribe(o).await.unwrap();
+    assert_quiet(&mut sub, Duration::from_millis(500)).await;
+    fx.broker.publish(event(fx, 10)).await.unwrap();
+    assert_eq!(number(&recv(&mut sub, WAIT).await.message), 10);
+    sub.close().await;
+}
+
+async fn a_republished_ce_id_is_stored_once(fx: &Fixture) {
+    let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
+    let msg = event(fx, 1);
+    fx.broker.publish(msg.clone()).await.unwrap();
+    fx.broker.publish(msg.clone()).await.unwrap();
+    let sentinel = event(fx, 2);
+    fx.broker.publish(sentinel).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let d = recv(&mut sub, WAIT).await;
+        let n = number(&d.message);
+        d.ack().await.unwrap();
+        got.push(n);
+        if n == 2 {
+            break;
+        }
+    }
+    assert_eq!(got, vec![1, 2], "the duplicate was delivered");
+    sub.close().await;
+}
+
+async fn order_is_kept_per_subject_with_one_consumer(fx: &Fixture) {
+    let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
+    publish_all(fx, (0..500).map(|n| event(fx, n)).collect()).await;
+    for expected in 0..500 {
+        let d = recv(&mut sub, WAIT).await;
+        assert_eq!(number(&d.message), expected);
+        d.ack().await.unwrap();
+    }
+    sub.close().await;
+}
+
+async fn request_reply_answers_and_times_out(fx: &Fixture) {
+    let subject = fx.subject("cmd.echo");
+    let mut requests = fx.broker.serve(&subject, "echo").await.unwrap();
+    let server = tokio::spawn(async move {
+        while let Some(req) = requests.next().await {
+            let mut h = Headers::new();
+            h.insert("x-reply", "yes");
+            let mut body = b"echo:".to_vec();
+            body.extend_from_slice(&req.message.payload);
+            req.respond(h, body).await.unwrap();
+        }
+    });
+    let req = OutboundMessage::new(subject, Headers::new(), Bytes::from_static(b"ping"));
+    let reply = fx.broker.request(req, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(reply.payload.as_ref(), b"echo:ping");
+    assert_eq!(reply.headers.get("x-reply"), Some("yes"));
+
+    let lonely = OutboundMessage::new(fx.subject("cmd.nobody"), Headers::new(), Bytes::new());
+    let started = Instant::now();
+    let err = fx.broker.request(lonely, Duration::from_millis(500)).await.expect_err("nobody answers");
+    assert!(
+        matches!(err, sluice_broker::BrokerError::Timeout(_) | sluice_broker::BrokerError::NoResponders(_)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.abort();
+}
+
+async fn a_restarted_consumer_resumes_after_the_last_ack(fx: &Fixture) {
+    let o = opts(fx, "g").start(StartPosition::Beginning);
+    let mut sub = fx.broker.subscribe(o.clone()).await.unwrap();
+    publish_all(fx, (0..20).map(|n| event(fx, n)).collect()).await;
+    for expected in 0..10 {
+        let d = recv(&mut sub, WAIT).await;
+        assert_eq!(number(&d.message), expected);
+        d.ack().await.unwrap();
+    }
+    sub.close().await;
+    let mut sub = fx.broker.subscribe(o).await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 10..20 {
+        let d = recv(&mut sub, WAIT).await;
+        rest.push(number(&d.message));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(rest, (10..20).collect::<Vec<_>>());
+    assert_quiet(&mut sub, Duration::from_millis(500)).await;
+    sub.close().await;
+}
+
+async fn ten_thousand_batched_messages_arrive_exactly_once_per_group(fx: &Fixture) {
+    let total = 10_000;
+    let subs = vec![
+        fx.broker.subscribe(opts(fx, "bulk-a").prefetch(512)).await.unwrap(),
+        fx.broker.subscribe(opts(fx, "bulk-b").prefetch(512)).await.unwrap(),
+    ];
+    let msgs: Vec<_> = (0..total).map(|n| event(fx, n)).collect();
+    let ids: HashSet<String> = msgs.iter().map(|m| m.id().unwrap().to_owned()).collect();
+    let acks = fx.broker.publish_batch(msgs).await;
+    assert_eq!(acks.iter().filter(|r| r.is_ok()).count(), total);
+    for mut sub in subs {
+        let mut seen = HashSet::new();
+        while seen.len() < total {
+            let d = recv(&mut sub, WAIT).await;
+            let id = d.message.id().unwrap().to_owned();
+            assert!(ids.contains(&id));
+            assert!(seen.insert(id), "delivered twice");
+            d.ack().await.unwrap();
+        }
+        assert_quiet(&mut sub, Duration::from_millis(500)).await;
+        sub.close().await;
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:path) => {
+        conformance!(@cases $backend, $make;
+            round_trip_keeps_headers_and_payload,
+            competing_consumers_in_one_group_get_disjoint_shares,
+            two_groups_each_get_every_message,
+            a_nack_with_delay_redelivers_after_the_delay,
+            an_unacked_message_is_redelivered_after_ack_wait,
+            max_deliveries_dead_letters_with_the_reason,
+            malformed_messages_are_dead_lettered_by_the_consumer,
+            start_positions_replay_from_beginning_sequence_and_time,
+            a_republished_ce_id_is_stored_once,
+            order_is_kept_per_subject_with_one_consumer,
+            request_reply_answers_and_times_out,
+            a_restarted_consumer_resumes_after_the_last_ack,
+            ten_thousand_batched_messages_arrive_exactly_once_per_group,
+        );
+    };
+    (@cases $backend:ident, $make:path; $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fx = $make().await;
+                    super::$case(&fx).await;
+                    fx.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(feature = "embedded")]
+conformance!(embedded, crate::fixture::embedded);
+#[cfg(feature = "nats")]
+conformance!(nats, crate::fixture::nats);
+#[cfg(feature = "amqp")]
+conformance!(amqp, crate::fixture::amqp);
