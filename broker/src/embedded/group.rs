@@ -20,6 +20,7 @@ use crate::{BrokerError, StartPosition, subject};
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     deadline: Instant,
+    delivered: u32,
 }
 
 #[derive(Debug, Default)]
@@ -30,7 +31,8 @@ struct State {
     pending: HashMap<u64, Pending>,
     /// Messages to deliver again, with the earliest time.
     retry: BTreeSet<(Instant, u64)>,
-    /// Deliveries so far of messages not yet settled (absent = 0).
+    /// Deliveries so far of messages waiting for redelivery (the count of a
+    /// pending message is in its `Pending`).
     deliveries: HashMap<u64, u32>,
     dirty: bool,
     last_flush: Option<Instant>,
@@ -39,7 +41,15 @@ struct State {
 impl State {
     fn settle(&mut self, seq: u64) {
         self.pending.remove(&seq);
-        self.deliveries.remove(&seq);
+        if !self.deliveries.is_empty() {
+            self.deliveries.remove(&seq);
+        }
+        self.dirty = true;
+        if seq == self.floor + 1 && self.settled.is_empty() {
+            // The common case: acks in order.
+            self.floor = seq;
+            return;
+        }
         if seq > self.floor {
             self.settled.insert(seq);
         }
@@ -47,7 +57,19 @@ impl State {
             self.settled.pop_first();
             self.floor += 1;
         }
-        self.dirty = true;
+    }
+
+    /// Moves a pending message to the redelivery queue, due at `at`.
+    fn requeue(&mut self, seq: u64, at: Instant) -> bool {
+        match self.pending.remove(&seq) {
+            Some(p) => {
+                self.deliveries.insert(seq, p.delivered);
+                self.retry.insert((at, seq));
+                self.dirty = true;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -160,11 +182,7 @@ impl Group {
 
     /// Schedules `seq` for redelivery at `at`.
     pub(crate) fn retry(&self, seq: u64, at: Instant) {
-        let mut st = self.lock();
-        if st.pending.remove(&seq).is_some() {
-            st.retry.insert((at, seq));
-            st.dirty = true;
-        }
+        self.lock().requeue(seq, at);
     }
 
     /// When `take` should next be tried even without new messages.
@@ -188,8 +206,7 @@ impl Group {
                 .map(|(s, _)| *s)
                 .collect();
             for seq in expired {
-                st.pending.remove(&seq);
-                st.retry.insert((now, seq));
+                st.requeue(seq, now);
             }
             let mut due = Vec::new();
             while due.len() < max {
@@ -253,8 +270,8 @@ impl Group {
             let counts: Vec<(u64, u32)> = st
                 .deliveries
                 .iter()
-                .filter(|(_, d)| **d > 1)
                 .map(|(s, d)| (*s, *d))
+                .chain(st.pending.iter().filter(|(_, p)| p.delivered > 1).map(|(s, p)| (*s, p.delivered)))
                 .collect();
             (st.floor, counts)
         };
@@ -289,10 +306,13 @@ impl Group {
 
 /// Records one more delivery of `seq`, pending until `deadline`.
 fn bump(st: &mut State, seq: u64, deadline: Instant) -> u32 {
-    let d = st.deliveries.entry(seq).or_insert(0);
-    *d = d.saturating_add(1);
-    let delivered = *d;
-    st.pending.insert(seq, Pending { deadline });
+    let before = if st.deliveries.is_empty() {
+        0
+    } else {
+        st.deliveries.remove(&seq).unwrap_or(0)
+    };
+    let delivered = before.saturating_add(1);
+    st.pending.insert(seq, Pending { deadline, delivered });
     if delivered > 1 {
         st.dirty = true;
     }
