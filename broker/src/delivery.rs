@@ -114,6 +114,7 @@ impl Delivery {
 /// are dead-lettered with the reason `exceeded max deliveries (N)`.
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Delivery, BrokerError>>,
+    returned: Returned,
     stop: watch::Sender<bool>,
     pump: Option<JoinHandle<()>>,
     max_deliveries: u32,
@@ -130,10 +131,42 @@ impl std::fmt::Debug for Subscription {
 /// What a backend's pump task gets to feed a [`Subscription`].
 #[derive(Debug)]
 pub struct PumpHandle {
-    /// Where deliveries go; `send` fails once the subscription is dropped.
+    /// Where deliveries go; `send` fails once the subscription is closing.
     pub tx: mpsc::Sender<Result<Delivery, BrokerError>>,
     /// Becomes `true` when the subscription is closing: stop fetching.
     pub stop: watch::Receiver<bool>,
+    returned: Returned,
+}
+
+/// Deliveries a closing pump could not hand out, nacked after it stopped.
+type Returned = std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>;
+
+impl PumpHandle {
+    /// Hands a delivery to the subscriber. When the subscription is closing
+    /// or gone, the delivery is handed back (see [`PumpHandle::hand_back`])
+    /// and `false` is returned: stop pumping.
+    pub async fn deliver(&self, delivery: Delivery) -> bool {
+        match self.tx.send(Ok(delivery)).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(item)) => {
+                if let Ok(d) = item {
+                    self.hand_back(d);
+                }
+                false
+            }
+        }
+    }
+
+    /// Gives back a delivery fetched but not handed out. Once the pump has
+    /// stopped (and so stopped fetching), `Subscription::close` nacks it for
+    /// immediate redelivery, after the deliveries buffered before it, so a
+    /// later subscriber sees them in their original order.
+    pub fn hand_back(&self, delivery: Delivery) {
+        self.returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(delivery);
+    }
 }
 
 impl Subscription {
@@ -145,9 +178,15 @@ impl Subscription {
     {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let (stop, stop_rx) = watch::channel(false);
-        let pump = spawn_pump(PumpHandle { tx, stop: stop_rx });
+        let returned = Returned::default();
+        let pump = spawn_pump(PumpHandle {
+            tx,
+            stop: stop_rx,
+            returned: returned.clone(),
+        });
         Self {
             rx,
+            returned,
             stop,
             pump: Some(pump),
             max_deliveries,
@@ -200,14 +239,20 @@ impl Subscription {
     /// once to other members), and waits for the backend to let go.
     pub async fn close(mut self) {
         let _ = self.stop.send(true);
+        // Refuse further deliveries and wait until the pump stopped fetching,
+        // so nothing handed back below is delivered to this member again.
+        self.rx.close();
+        let mut buffered = Vec::new();
+        while let Some(item) = self.rx.recv().await {
+            buffered.extend(item.ok());
+        }
         if let Some(pump) = self.pump.take() {
             let _ = pump.await;
         }
-        self.rx.close();
-        while let Some(item) = self.rx.recv().await {
-            if let Ok(d) = item {
-                let _ = d.nack(Duration::ZERO).await;
-            }
+        let returned = std::mem::take(&mut *self.returned.lock().unwrap_or_else(|p| p.into_inner()));
+        // The earliest first, so a later subscriber sees them in order.
+        for d in buffered.into_iter().chain(returned) {
+            let _ = d.nack(Duration::ZERO).await;
         }
     }
 }

@@ -225,6 +225,7 @@ async fn pump(group: Arc<Group>, store: Arc<Store>, prefetch: usize, poll: Durat
             }
             continue;
         }
+        let mut open = true;
         for (t, permit) in taken.into_iter().zip(permits.drain(..)) {
             let seq = t.message.seq;
             let message = match to_inbound(t) {
@@ -244,9 +245,15 @@ async fn pump(group: Arc<Group>, store: Arc<Store>, prefetch: usize, poll: Durat
                 _permit: permit,
             };
             let d = Delivery::new(message, group.name.clone(), Box::new(acker));
-            if h.tx.send(Ok(d)).await.is_err() {
-                break;
+            if !open {
+                // Closing: everything taken goes back, in order.
+                h.hand_back(d);
+            } else if !h.deliver(d).await {
+                open = false;
             }
+        }
+        if !open {
+            break;
         }
     }
     if let Err(e) = group.flush(true).await {

@@ -1,0 +1,215 @@
+//! Consumer groups as durable pull consumers, and the pump feeding a
+//! [`Subscription`] from one.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, stream::Stream};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{backend, publish, rpc::from_nats};
+use crate::delivery::PumpHandle;
+use crate::{
+    Acker, BrokerError, Delivery, InboundMessage, OutboundMessage, StartPosition, SubscribeOptions,
+    Subscription,
+};
+
+fn deliver_policy(start: StartPosition) -> DeliverPolicy {
+    match start {
+        StartPosition::New => DeliverPolicy::New,
+        StartPosition::Beginning => DeliverPolicy::All,
+        StartPosition::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        StartPosition::Time(t) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from(t),
+        },
+    }
+}
+
+/// The group's consumer: the existing one (resume), else a new one at `start`.
+async fn consumer(stream: &Stream, o: &SubscribeOptions) -> Result<PullConsumer, BrokerError> {
+    if let Ok(c) = stream.get_consumer::<pull::Config>(&o.group).await {
+        return Ok(c);
+    }
+    let config = pull::Config {
+        durable_name: Some(o.group.clone()),
+        filter_subject: o.filter.clone(),
+        deliver_policy: deliver_policy(o.start),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: o.ack_wait,
+        // Sluice enforces max deliveries itself, to dead-letter with a reason.
+        max_deliver: -1,
+        max_ack_pending: i64::try_from(o.prefetch.saturating_mul(4).max(1024)).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    match stream.create_consumer(config).await {
+        Ok(c) => Ok(c),
+        // Another member created it at the same moment.
+        Err(e) => stream
+            .get_consumer::<pull::Config>(&o.group)
+            .await
+            .map_err(|_| BrokerError::Backend(format!("consumer {}: {e}", o.group))),
+    }
+}
+
+/// Joins the group `o.group` on `stream`.
+pub(super) async fn subscribe(
+    js: jetstream::Context,
+    stream: Stream,
+    o: SubscribeOptions,
+) -> Result<Subscription, BrokerError> {
+    let c = consumer(&stream, &o).await?;
+    let group: Arc<str> = Arc::from(o.group.as_str());
+    let prefetch = o.prefetch;
+    Ok(Subscription::spawn(prefetch, o.max_deliveries, move |h| {
+        tokio::spawn(pump(js, stream, o, c, group, prefetch, h))
+    }))
+}
+
+/// How long one pull request waits for messages. It bounds how long closing
+/// a subscription takes: the pump finishes its outstanding request (so no
+/// message is in flight to a dead inbox) and hands back what it got.
+const PULL_EXPIRES: Duration = Duration::from_millis(500);
+
+async fn pump(
+    js: jetstream::Context,
+    stream: Stream,
+    o: SubscribeOptions,
+    mut c: PullConsumer,
+    group: Arc<str>,
+    prefetch: usize,
+    h: PumpHandle,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut open = true;
+    while open && !*h.stop.borrow() {
+        // One pull request at a time, sized to the room left for the caller.
+        let want = h.tx.capacity().max(prefetch / 4).clamp(1, prefetch);
+        let batch = c
+            .batch()
+            .max_messages(want)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
+                pause(&h, &mut backoff).await;
+                if let Ok(fresh) = consumer(&stream, &o).await {
+                    c = fresh;
+                }
+                continue;
+            }
+        };
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(m) => {
+                    backoff = Duration::from_millis(100);
+                    let d = match delivery(&js, m, &group) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "message without JetStream metadata");
+                            continue;
+                        }
+                    };
+                    if !open || *h.stop.borrow() {
+                        // Closing: what this request still brings goes back.
+                        open = false;
+                        h.hand_back(d);
+                    } else if !h.deliver(d).await {
+                        open = false;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %group, "pull error");
+                    pause(&h, &mut backoff).await;
+                    if let Ok(fresh) = consumer(&stream, &o).await {
+                        c = fresh;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn pause(h: &PumpHandle, backoff: &mut Duration) {
+    let mut stop = h.stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+fn delivery(js: &jetstream::Context, m: jetstream::Message, group: &Arc<str>) -> Result<Delivery, BrokerError> {
+    let (sequence, delivered, published) = {
+        let info = m.info().map_err(backend)?;
+        (info.stream_sequence, info.delivered, info.published)
+    };
+    let message = InboundMessage {
+        subject: m.subject.to_string(),
+        headers: from_nats(m.headers.as_ref()),
+        payload: m.payload.clone(),
+        sequence: Some(sequence),
+        delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
+        timestamp: Some(SystemTime::from(published)),
+    };
+    let acker = NatsAcker { js: js.clone(), message: m };
+    Ok(Delivery::new(message, group.clone(), Box::new(acker)))
+}
+
+struct NatsAcker {
+    js: jetstream::Context,
+    message: jetstream::Message,
+}
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.message
+            .ack_with(AckKind::Ack)
+            .await
+            .map_err(|e| BrokerError::Ack(e.to_string()))
+    }
+
+    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.message
+            .ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|e| BrokerError::Ack(e.to_string()))
+    }
+
+    async fn dead_letter(&self, dead_letter: OutboundMessage) -> Result<(), BrokerError> {
+        let key = crate::subject::stream_key(&dead_letter.subject).to_owned();
+        // The dead-letter stream may not exist yet.
+        let js = self.js.clone();
+        let ack = match publish::publish_one(&js, dead_letter.clone()).await {
+            Ok(a) => Ok(a),
+            Err(_) => {
+                ensure_stream(&js, &key).await?;
+                publish::publish_one(&js, dead_letter).await
+            }
+        };
+        ack?;
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| BrokerError::Ack(e.to_string()))
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, key: &str) -> Result<(), BrokerError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: super::stream_name(key),
+        subjects: vec![format!("{key}.>")],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(backend)
+}
