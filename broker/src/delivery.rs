@@ -98,12 +98,8 @@ impl Delivery {
         let desc = registry
             .message(&envelope.event_type)
             .map_err(|e| e.to_string())?;
-        prost_reflect::DynamicMessage::decode(desc, self.message.payload.as_ref()).map_err(|e| {
-            format!(
-                "payload does not decode as {}: {e}",
-                envelope.event_type
-            )
-        })?;
+        prost_reflect::DynamicMessage::decode(desc, self.message.payload.as_ref())
+            .map_err(|e| format!("payload does not decode as {}: {e}", envelope.event_type))?;
         Ok(envelope)
     }
 }
@@ -249,7 +245,8 @@ impl Subscription {
         if let Some(pump) = self.pump.take() {
             let _ = pump.await;
         }
-        let returned = std::mem::take(&mut *self.returned.lock().unwrap_or_else(|p| p.into_inner()));
+        let returned =
+            std::mem::take(&mut *self.returned.lock().unwrap_or_else(|p| p.into_inner()));
         // The earliest first, so a later subscriber sees them in order.
         for d in buffered.into_iter().chain(returned) {
             let _ = d.nack(Duration::ZERO).await;
@@ -295,7 +292,11 @@ impl Request {
     ///
     /// # Errors
     /// The reply could not be sent (the requester may have gone).
-    pub async fn respond(self, headers: Headers, payload: impl Into<Bytes>) -> Result<(), BrokerError> {
+    pub async fn respond(
+        self,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), BrokerError> {
         self.responder.respond(headers, payload.into()).await
     }
 }

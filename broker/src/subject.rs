@@ -57,7 +57,10 @@ pub fn validate_filter(filter: &str) -> Result<(), BrokerError> {
             t => token_ok(t),
         };
         if !ok {
-            return Err(bad(filter, "tokens must be [A-Za-z0-9_-], `*`, or a final `>`"));
+            return Err(bad(
+                filter,
+                "tokens must be [A-Za-z0-9_-], `*`, or a final `>`",
+            ));
         }
     }
     let literal = if tokens[0] == DLQ_PREFIX { 2 } else { 1 };

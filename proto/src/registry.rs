@@ -174,7 +174,10 @@ mod tests {
     fn json_that_does_not_fit_names_the_problem() {
         let reg = Registry::global().expect("registry");
         let err = reg
-            .from_json("shop.orders.v1.OrderPlaced", r#"{"lines":[{"quantity":"many"}]}"#)
+            .from_json(
+                "shop.orders.v1.OrderPlaced",
+                r#"{"lines":[{"quantity":"many"}]}"#,
+            )
             .expect_err("bad json");
         assert!(err.to_string().contains("at lines[0].quantity"), "{err}");
         let err = reg

@@ -7,7 +7,12 @@ use crate::BrokerError;
 
 /// Encodes headers.
 pub(crate) fn encode(headers: &Headers) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        16 + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>(),
+    );
     // Header counts, names and values are bounded far below these limits by
     // every transport; saturate rather than panic on absurd input.
     let count = u16::try_from(headers.len()).unwrap_or(u16::MAX);
@@ -32,7 +37,8 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], BrokerError> {
 }
 
 fn text(bytes: &[u8]) -> Result<String, BrokerError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| BrokerError::Storage("header is not UTF-8".into()))
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| BrokerError::Storage("header is not UTF-8".into()))
 }
 
 /// Decodes headers written by [`encode`].

@@ -240,7 +240,10 @@ impl Group {
                     st.cursor = m.seq + 1;
                     if subject::matches(&self.filter, &m.subject) {
                         let delivered = bump(&mut st, m.seq, now + self.ack_wait);
-                        out.push(Taken { message: m, delivered });
+                        out.push(Taken {
+                            message: m,
+                            delivered,
+                        });
                     } else {
                         st.settle(m.seq);
                     }
@@ -253,7 +256,10 @@ impl Group {
     fn deliver(&self, m: Stored, now: Instant) -> Taken {
         let mut st = self.lock();
         let delivered = bump(&mut st, m.seq, now + self.ack_wait);
-        Taken { message: m, delivered }
+        Taken {
+            message: m,
+            delivered,
+        }
     }
 
     /// Writes the ack floor and delivery counts if they changed and either
@@ -261,7 +267,9 @@ impl Group {
     pub(crate) async fn flush(&self, force: bool) -> Result<(), BrokerError> {
         let snapshot = {
             let mut st = self.lock();
-            let recent = st.last_flush.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
+            let recent = st
+                .last_flush
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200));
             if !st.dirty || (recent && !force) {
                 return Ok(());
             }
@@ -271,7 +279,12 @@ impl Group {
                 .deliveries
                 .iter()
                 .map(|(s, d)| (*s, *d))
-                .chain(st.pending.iter().filter(|(_, p)| p.delivered > 1).map(|(s, p)| (*s, p.delivered)))
+                .chain(
+                    st.pending
+                        .iter()
+                        .filter(|(_, p)| p.delivered > 1)
+                        .map(|(s, p)| (*s, p.delivered)),
+                )
                 .collect();
             (st.floor, counts)
         };
@@ -291,14 +304,16 @@ impl Group {
             .await
             .map_err(storage)?;
         for (seq, d) in counts {
-            sqlx::query("INSERT INTO redeliveries (stream, grp, seq, deliveries) VALUES (?, ?, ?, ?)")
-                .bind(&self.stream)
-                .bind(&*self.name)
-                .bind(seq as i64)
-                .bind(i64::from(d))
-                .execute(&mut *tx)
-                .await
-                .map_err(storage)?;
+            sqlx::query(
+                "INSERT INTO redeliveries (stream, grp, seq, deliveries) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&self.stream)
+            .bind(&*self.name)
+            .bind(seq as i64)
+            .bind(i64::from(d))
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
         }
         tx.commit().await.map_err(storage)
     }
@@ -312,7 +327,13 @@ fn bump(st: &mut State, seq: u64, deadline: Instant) -> u32 {
         st.deliveries.remove(&seq).unwrap_or(0)
     };
     let delivered = before.saturating_add(1);
-    st.pending.insert(seq, Pending { deadline, delivered });
+    st.pending.insert(
+        seq,
+        Pending {
+            deadline,
+            delivered,
+        },
+    );
     if delivered > 1 {
         st.dirty = true;
     }

@@ -94,7 +94,11 @@ impl EmbeddedBroker {
             o.ack_wait,
         )
         .await?;
-        Ok(self.lock_groups().entry(key).or_insert_with(|| Arc::new(g)).clone())
+        Ok(self
+            .lock_groups()
+            .entry(key)
+            .or_insert_with(|| Arc::new(g))
+            .clone())
     }
 
     fn lock_groups(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Group>>> {
@@ -116,7 +120,10 @@ impl Broker for EmbeddedBroker {
             .unwrap_or(Err(BrokerError::Closed))
     }
 
-    async fn publish_batch(&self, messages: Vec<OutboundMessage>) -> Vec<Result<PublishAck, BrokerError>> {
+    async fn publish_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>> {
         self.store.publish(messages).await
     }
 
@@ -126,9 +133,11 @@ impl Broker for EmbeddedBroker {
         let store = self.store.clone();
         let poll = self.options.poll_interval;
         let prefetch = options.prefetch;
-        Ok(Subscription::spawn(prefetch, options.max_deliveries, move |handle| {
-            tokio::spawn(pump(group, store, prefetch, poll, handle))
-        }))
+        Ok(Subscription::spawn(
+            prefetch,
+            options.max_deliveries,
+            move |handle| tokio::spawn(pump(group, store, prefetch, poll, handle)),
+        ))
     }
 
     async fn request(
@@ -145,7 +154,8 @@ impl Broker for EmbeddedBroker {
 
     async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError> {
         let stream = subject::stream_key(filter).to_owned();
-        self.lock_groups().remove(&(stream.clone(), group.to_owned()));
+        self.lock_groups()
+            .remove(&(stream.clone(), group.to_owned()));
         for sql in [
             "DELETE FROM groups WHERE stream = ? AND name = ?",
             "DELETE FROM redeliveries WHERE stream = ? AND grp = ?",
@@ -180,7 +190,13 @@ impl Broker for EmbeddedBroker {
 }
 
 /// Feeds one member of a group until it closes.
-async fn pump(group: Arc<Group>, store: Arc<Store>, prefetch: usize, poll: Duration, mut h: PumpHandle) {
+async fn pump(
+    group: Arc<Group>,
+    store: Arc<Store>,
+    prefetch: usize,
+    poll: Duration,
+    mut h: PumpHandle,
+) {
     let window = Arc::new(Semaphore::new(prefetch));
     let mut head = store.watch_head(&group.stream);
     let mut backoff = Duration::from_millis(50);
@@ -189,7 +205,9 @@ async fn pump(group: Arc<Group>, store: Arc<Store>, prefetch: usize, poll: Durat
             break;
         }
         // Wait for room in the window, then take as much as fits.
-        let Ok(first) = window.clone().acquire_owned().await else { break };
+        let Ok(first) = window.clone().acquire_owned().await else {
+            break;
+        };
         let mut permits = vec![first];
         while permits.len() < prefetch.min(512) {
             match window.clone().try_acquire_owned() {
@@ -217,7 +235,9 @@ async fn pump(group: Arc<Group>, store: Arc<Store>, prefetch: usize, poll: Durat
         }
         if taken.is_empty() {
             drop(permits);
-            let wake = group.next_due().map_or(poll, |t| t.saturating_duration_since(Instant::now()).min(poll));
+            let wake = group.next_due().map_or(poll, |t| {
+                t.saturating_duration_since(Instant::now()).min(poll)
+            });
             tokio::select! {
                 _ = head.changed() => {}
                 _ = tokio::time::sleep(wake) => {}

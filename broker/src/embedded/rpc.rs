@@ -92,7 +92,9 @@ impl Rpc {
             members.retain(|m| !m.tx.is_closed());
             let group = members
                 .iter()
-                .find(|m| subject::matches(&m.filter, &message.subject) || m.filter == message.subject)
+                .find(|m| {
+                    subject::matches(&m.filter, &message.subject) || m.filter == message.subject
+                })
                 .map(|m| m.group.clone());
             group.and_then(|g| {
                 let candidates: Vec<&Member> = members.iter().filter(|m| m.group == g).collect();

@@ -116,7 +116,10 @@ impl Store {
             .await
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
         for stmt in SCHEMA {
-            sqlx::query(*stmt).execute(&mut conn).await.map_err(storage)?;
+            sqlx::query(*stmt)
+                .execute(&mut conn)
+                .await
+                .map_err(storage)?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -145,7 +148,12 @@ impl Store {
     ) -> Vec<Result<PublishAck, BrokerError>> {
         let n = messages.len();
         let (reply, rx) = oneshot::channel();
-        if self.writer.send(WriteRequest { messages, reply }).await.is_err() {
+        if self
+            .writer
+            .send(WriteRequest { messages, reply })
+            .await
+            .is_err()
+        {
             return (0..n).map(|_| Err(BrokerError::Closed)).collect();
         }
         rx.await
@@ -199,7 +207,11 @@ impl Store {
     }
 
     /// One message by sequence.
-    pub(crate) async fn read_one(&self, stream: &str, seq: u64) -> Result<Option<Stored>, BrokerError> {
+    pub(crate) async fn read_one(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> Result<Option<Stored>, BrokerError> {
         let row = sqlx::query(
             "SELECT seq, subject, headers, payload, ts FROM messages WHERE stream = ? AND seq = ?",
         )
@@ -214,7 +226,11 @@ impl Store {
     /// The first sequence stored at or after `micros`, if any. Timestamps are
     /// assigned by the committing writer and so rise with the sequence, which
     /// lets this binary-search without an index on time.
-    pub(crate) async fn first_seq_at(&self, stream: &str, micros: i64) -> Result<Option<u64>, BrokerError> {
+    pub(crate) async fn first_seq_at(
+        &self,
+        stream: &str,
+        micros: i64,
+    ) -> Result<Option<u64>, BrokerError> {
         let (mut lo, mut hi) = (1u64, self.last_seq(stream).await?);
         let mut found = None;
         while lo <= hi {
@@ -251,7 +267,11 @@ impl Store {
             "DELETE FROM groups WHERE stream = ?",
             "DELETE FROM redeliveries WHERE stream = ?",
         ] {
-            sqlx::query(sql).bind(stream).execute(&mut *tx).await.map_err(storage)?;
+            sqlx::query(sql)
+                .bind(stream)
+                .execute(&mut *tx)
+                .await
+                .map_err(storage)?;
         }
         tx.commit().await.map_err(storage)
     }
@@ -327,7 +347,8 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        let messages: Vec<&OutboundMessage> = batch.iter().flat_map(|r| r.messages.iter()).collect();
+        let messages: Vec<&OutboundMessage> =
+            batch.iter().flat_map(|r| r.messages.iter()).collect();
         let results = match commit_fast(&mut conn, &messages, &mut cache).await {
             Ok(Some(results)) => Ok(results),
             Ok(None) => commit_slow(&mut conn, &messages, &mut cache).await,
@@ -337,13 +358,20 @@ async fn writer_loop(
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "embedded log commit failed");
-                messages.iter().map(|_| Err(BrokerError::Storage(e.to_string()))).collect()
+                messages
+                    .iter()
+                    .map(|_| Err(BrokerError::Storage(e.to_string())))
+                    .collect()
             }
         };
         if let Some(store) = store.upgrade() {
             let mut heads: HashMap<&str, u64> = HashMap::new();
             for (m, r) in messages.iter().zip(&results) {
-                if let Ok(PublishAck { sequence: Some(s), duplicate: false }) = r {
+                if let Ok(PublishAck {
+                    sequence: Some(s),
+                    duplicate: false,
+                }) = r
+                {
                     let e = heads.entry(subject::stream_key(&m.subject)).or_default();
                     *e = (*e).max(*s);
                 }
@@ -390,7 +418,10 @@ async fn last_seqs(
     Ok(last)
 }
 
-async fn save_last_seqs(conn: &mut SqliteConnection, last: &HashMap<String, u64>) -> Result<(), BrokerError> {
+async fn save_last_seqs(
+    conn: &mut SqliteConnection,
+    last: &HashMap<String, u64>,
+) -> Result<(), BrokerError> {
     for (stream, seq) in last {
         sqlx::query(
             "INSERT INTO streams (name, last_seq) VALUES (?, ?)
@@ -412,7 +443,10 @@ async fn commit_fast(
     messages: &[&OutboundMessage],
     cache: &mut DedupCache,
 ) -> Result<Option<Vec<Result<PublishAck, BrokerError>>>, BrokerError> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(storage)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
     let outcome = async {
         let mut last = last_seqs(conn, messages).await?;
         let mut results = Vec::with_capacity(messages.len());
@@ -428,7 +462,10 @@ async fn commit_fast(
             if let Some(id) = &id {
                 let key = DedupCache::key(&stream, id);
                 if let Some(seq) = cache.map.get(&key).or_else(|| batch_ids.get(&key)) {
-                    results.push(Ok(PublishAck { sequence: Some(*seq), duplicate: true }));
+                    results.push(Ok(PublishAck {
+                        sequence: Some(*seq),
+                        duplicate: true,
+                    }));
                     continue;
                 }
             }
@@ -437,8 +474,16 @@ async fn commit_fast(
             if let Some(id) = &id {
                 batch_ids.insert(DedupCache::key(&stream, id), seq);
             }
-            results.push(Ok(PublishAck { sequence: Some(seq), duplicate: false }));
-            rows.push(NewRow { stream, seq, index, msg_id: id });
+            results.push(Ok(PublishAck {
+                sequence: Some(seq),
+                duplicate: false,
+            }));
+            rows.push(NewRow {
+                stream,
+                seq,
+                index,
+                msg_id: id,
+            });
         }
         let ts = now_micros();
         for chunk in rows.chunks(INSERT_CHUNK) {
@@ -466,14 +511,20 @@ async fn commit_fast(
     .await;
     match outcome {
         Ok(Some((results, ids))) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(storage)?;
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(storage)?;
             for (k, seq) in ids {
                 cache.insert(k, seq);
             }
             Ok(Some(results))
         }
         Ok(None) => {
-            sqlx::query("ROLLBACK").execute(&mut *conn).await.map_err(storage)?;
+            sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .map_err(storage)?;
             Ok(None)
         }
         Err(e) => {
@@ -525,7 +576,10 @@ async fn commit_slow(
                     .await
                     .map_err(storage)?;
             if let Some((seq,)) = existing {
-                results.push(Ok(PublishAck { sequence: Some(seq as u64), duplicate: true }));
+                results.push(Ok(PublishAck {
+                    sequence: Some(seq as u64),
+                    duplicate: true,
+                }));
                 continue;
             }
         }
@@ -545,7 +599,10 @@ async fn commit_slow(
         if let Some(id) = id {
             ids.push((DedupCache::key(&stream, &id), seq));
         }
-        results.push(Ok(PublishAck { sequence: Some(seq), duplicate: false }));
+        results.push(Ok(PublishAck {
+            sequence: Some(seq),
+            duplicate: false,
+        }));
     }
     save_last_seqs(&mut tx, &last).await?;
     tx.commit().await.map_err(storage)?;

@@ -20,7 +20,9 @@ fn deliver_policy(start: StartPosition) -> DeliverPolicy {
     match start {
         StartPosition::New => DeliverPolicy::New,
         StartPosition::Beginning => DeliverPolicy::All,
-        StartPosition::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        StartPosition::Sequence(start_sequence) => {
+            DeliverPolicy::ByStartSequence { start_sequence }
+        }
         StartPosition::Time(t) => DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::from(t),
         },
@@ -114,7 +116,8 @@ async fn pump(
                             continue;
                         }
                     };
-                    if !open || *h.stop.borrow() {
+                    let closing = !open || *h.stop.borrow();
+                    if closing {
                         // Closing: what this request still brings goes back.
                         open = false;
                         h.hand_back(d);
@@ -144,7 +147,11 @@ async fn pause(h: &PumpHandle, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
-fn delivery(js: &jetstream::Context, m: jetstream::Message, group: &Arc<str>) -> Result<Delivery, BrokerError> {
+fn delivery(
+    js: &jetstream::Context,
+    m: jetstream::Message,
+    group: &Arc<str>,
+) -> Result<Delivery, BrokerError> {
     let (sequence, delivered, published) = {
         let info = m.info().map_err(backend)?;
         (info.stream_sequence, info.delivered, info.published)
@@ -157,7 +164,10 @@ fn delivery(js: &jetstream::Context, m: jetstream::Message, group: &Arc<str>) ->
         delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
         timestamp: Some(SystemTime::from(published)),
     };
-    let acker = NatsAcker { js: js.clone(), message: m };
+    let acker = NatsAcker {
+        js: js.clone(),
+        message: m,
+    };
     Ok(Delivery::new(message, group.clone(), Box::new(acker)))
 }
 

@@ -65,7 +65,9 @@ pub struct NatsBroker {
 
 impl std::fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsBroker").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("NatsBroker")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +98,9 @@ impl NatsBroker {
         let urls: Vec<&str> = url.split(',').map(str::trim).collect();
         let reachable = futures::future::join_all(urls.iter().map(|u| probe(u))).await;
         if !reachable.iter().any(|ok| *ok) {
-            return Err(BrokerError::Connection(format!("no NATS server answers at {url}")));
+            return Err(BrokerError::Connection(format!(
+                "no NATS server answers at {url}"
+            )));
         }
         let client = client
             .connect(url)
@@ -114,7 +118,11 @@ impl NatsBroker {
     /// Creates the stream of `key` unless this broker already did.
     pub(crate) async fn ensure_stream(&self, key: &str) -> Result<stream::Stream, BrokerError> {
         let name = stream_name(key);
-        let known = self.streams.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
+        let known = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key);
         if known {
             return self.js.get_stream(&name).await.map_err(backend);
         }
@@ -129,13 +137,20 @@ impl NatsBroker {
             })
             .await
             .map_err(|e| BrokerError::Backend(format!("stream {name}: {e}")))?;
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
         Ok(s)
     }
 
     /// Makes sure the stream of `key` exists, cheaply when already known.
     pub(crate) async fn ensure_stream_known(&self, key: &str) -> Result<(), BrokerError> {
-        let known = self.streams.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
+        let known = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key);
         if !known {
             self.ensure_stream(key).await?;
         }
@@ -143,7 +158,10 @@ impl NatsBroker {
     }
 
     fn forget_stream(&self, key: &str) {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -171,21 +189,31 @@ impl Broker for NatsBroker {
 
     async fn publish(&self, message: OutboundMessage) -> Result<PublishAck, BrokerError> {
         subject::validate_subject(&message.subject)?;
-        self.ensure_stream_known(subject::stream_key(&message.subject)).await?;
+        self.ensure_stream_known(subject::stream_key(&message.subject))
+            .await?;
         publish::publish_one(&self.js, message).await
     }
 
-    async fn publish_batch(&self, messages: Vec<OutboundMessage>) -> Vec<Result<PublishAck, BrokerError>> {
+    async fn publish_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>> {
         publish::publish_batch(self, messages).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, BrokerError> {
         options.validate()?;
-        let stream = self.ensure_stream(subject::stream_key(&options.filter)).await?;
+        let stream = self
+            .ensure_stream(subject::stream_key(&options.filter))
+            .await?;
         consume::subscribe(self.js.clone(), stream, options).await
     }
 
-    async fn request(&self, message: OutboundMessage, timeout: Duration) -> Result<InboundMessage, BrokerError> {
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<InboundMessage, BrokerError> {
         rpc::request(&self.client, message, timeout).await
     }
 

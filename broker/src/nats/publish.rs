@@ -25,18 +25,28 @@ pub(super) fn headers(message: &OutboundMessage) -> HeaderMap {
     h
 }
 
-async fn send(js: &jetstream::Context, message: OutboundMessage) -> Result<PublishAckFuture, BrokerError> {
+async fn send(
+    js: &jetstream::Context,
+    message: OutboundMessage,
+) -> Result<PublishAckFuture, BrokerError> {
     let h = headers(&message);
     let subject = message.subject;
-    js.send_publish(subject.clone(), PublishMessage::build().payload(message.payload).headers(h))
-        .await
-        .map_err(|e| BrokerError::Publish { subject, reason: e.to_string() })
+    js.send_publish(
+        subject.clone(),
+        PublishMessage::build().payload(message.payload).headers(h),
+    )
+    .await
+    .map_err(|e| BrokerError::Publish {
+        subject,
+        reason: e.to_string(),
+    })
 }
 
 async fn confirm(subject: String, ack: PublishAckFuture) -> Result<PublishAck, BrokerError> {
-    let ack = ack
-        .await
-        .map_err(|e| BrokerError::Publish { subject, reason: e.to_string() })?;
+    let ack = ack.await.map_err(|e| BrokerError::Publish {
+        subject,
+        reason: e.to_string(),
+    })?;
     Ok(PublishAck {
         sequence: Some(ack.sequence),
         duplicate: ack.duplicate,
@@ -44,7 +54,10 @@ async fn confirm(subject: String, ack: PublishAckFuture) -> Result<PublishAck, B
 }
 
 /// Publishes one message and waits for its ack.
-pub(super) async fn publish_one(js: &jetstream::Context, message: OutboundMessage) -> Result<PublishAck, BrokerError> {
+pub(super) async fn publish_one(
+    js: &jetstream::Context,
+    message: OutboundMessage,
+) -> Result<PublishAck, BrokerError> {
     let subject = message.subject.clone();
     let ack = send(js, message).await?;
     confirm(subject, ack).await
@@ -55,7 +68,8 @@ pub(super) async fn publish_batch(
     broker: &NatsBroker,
     messages: Vec<OutboundMessage>,
 ) -> Vec<Result<PublishAck, BrokerError>> {
-    let mut results: Vec<Option<Result<PublishAck, BrokerError>>> = (0..messages.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<PublishAck, BrokerError>>> =
+        (0..messages.len()).map(|_| None).collect();
     // Streams first, so no publish fails for want of one.
     let mut keys: Vec<&str> = messages
         .iter()
@@ -79,7 +93,10 @@ pub(super) async fn publish_batch(
         }
         let key = subject::stream_key(&m.subject);
         if let Some((_, reason)) = stream_errors.iter().find(|(k, _)| k == key) {
-            results[i] = Some(Err(BrokerError::Publish { subject: m.subject.clone(), reason: reason.clone() }));
+            results[i] = Some(Err(BrokerError::Publish {
+                subject: m.subject.clone(),
+                reason: reason.clone(),
+            }));
             continue;
         }
         while in_flight.len() >= window {

@@ -51,7 +51,10 @@ pub(super) async fn request(
         .payload(message.payload)
         .headers(to_nats(&message.headers))
         .timeout(Some(timeout));
-    match client.send_request(format!("{PREFIX}{}", message.subject), req).await {
+    match client
+        .send_request(format!("{PREFIX}{}", message.subject), req)
+        .await
+    {
         Ok(reply) => Ok(InboundMessage {
             subject: message.subject,
             headers: from_nats(reply.headers.as_ref()),
@@ -84,7 +87,11 @@ impl Responder for ReplyTo {
 }
 
 /// Serves requests on `filter` in queue group `group`.
-pub(super) async fn serve(client: &async_nats::Client, filter: &str, group: &str) -> Result<Requests, BrokerError> {
+pub(super) async fn serve(
+    client: &async_nats::Client,
+    filter: &str,
+    group: &str,
+) -> Result<Requests, BrokerError> {
     subject::validate_filter(filter).or_else(|_| subject::validate_subject(filter))?;
     subject::validate_group(group)?;
     let mut sub = client
@@ -101,7 +108,9 @@ pub(super) async fn serve(client: &async_nats::Client, filter: &str, group: &str
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 let Some(msg) = msg else { break };
-                let Some(reply) = msg.reply.clone() else { continue };
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
                 let inbound = InboundMessage {
                     subject: msg.subject.as_str().trim_start_matches(PREFIX).to_owned(),
                     headers: from_nats(msg.headers.as_ref()),
@@ -110,8 +119,16 @@ pub(super) async fn serve(client: &async_nats::Client, filter: &str, group: &str
                     delivered: 1,
                     timestamp: Some(std::time::SystemTime::now()),
                 };
-                let responder = ReplyTo { client: client.clone(), reply };
-                if pump.tx.send(Request::new(inbound, Box::new(responder))).await.is_err() {
+                let responder = ReplyTo {
+                    client: client.clone(),
+                    reply,
+                };
+                if pump
+                    .tx
+                    .send(Request::new(inbound, Box::new(responder)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

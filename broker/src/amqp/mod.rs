@@ -1,0 +1,409 @@
+//! The RabbitMQ backend (AMQP 0-9-1 through lapin).
+//!
+//! Topology, every name prefixed with the exchange name (so tests isolate
+//! themselves with an exchange of their own):
+//! - `<x>`: a durable topic exchange; the routing key is the subject, and
+//!   NATS-style filters become binding keys (`*` → `*`, `>` → `#`);
+//! - `<x>.stream.<key>`: a stream queue per stream key (the domain, or
+//!   `dlq.<domain>`), bound `<key>.#`, holding everything for replay;
+//! - `<x>.group.<key>.<group>`: a durable quorum queue per consumer group,
+//!   with at-least-once dead-lettering (`x-overflow: reject-publish`) into
+//!   `<x>.dlx.<key>` as a safety net; Sluice's own dead letters are explicit
+//!   (published to `dlq.<subject>`, confirmed, then the original is acked);
+//! - `<x>.retry.<key>.<group>`: where a nack with a delay waits (per-message
+//!   TTL) before it is dead-lettered back into the group queue;
+//! - `<x>.ready.<key>.<group>`: an empty marker queue saying the group's
+//!   initial replay is complete (see `consume.rs`);
+//! - `<x>.rpc`: a topic exchange for requests; replies use direct reply-to.
+//!
+//! Publishing uses publisher confirms and `mandatory`; a returned message is
+//! an error. The connection recovers by itself (lapin's auto-recovery):
+//! channels, topology and consumers are re-established; acks of deliveries
+//! from the lost channel are dropped (lapin refuses them), and those messages
+//! are simply delivered again.
+//!
+//! Needs RabbitMQ 3.10 or newer (at-least-once dead-lettering, streams).
+
+mod consume;
+mod headers;
+mod publish;
+mod rpc;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::{
+    Broker, BrokerError, BrokerKind, InboundMessage, OutboundMessage, PublishAck, Requests,
+    SubscribeOptions, Subscription, subject,
+};
+
+/// Options of the RabbitMQ backend.
+#[derive(Debug, Clone)]
+pub struct AmqpOptions {
+    /// The topic exchange; also the prefix of every queue name.
+    pub exchange: String,
+    /// `x-expires` for queues this broker declares (tests: leftovers vanish).
+    pub queue_expires: Option<Duration>,
+    /// Most publishes awaiting their confirm at once in `publish_batch`.
+    pub publish_window: usize,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            exchange: "sluice.events".into(),
+            queue_expires: None,
+            publish_window: 2048,
+        }
+    }
+}
+
+impl AmqpOptions {
+    /// Options for a test: exchange `name`, queues that expire when unused.
+    pub fn for_tests(name: &str) -> Self {
+        Self {
+            exchange: name.to_owned(),
+            queue_expires: Some(Duration::from_secs(600)),
+            ..Self::default()
+        }
+    }
+}
+
+/// The RabbitMQ broker.
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+    rpc: rpc::Rpc,
+}
+
+impl std::ops::Deref for AmqpBroker {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// What the broker's consumers and ackers share.
+pub struct Inner {
+    conn: Connection,
+    publisher: Channel,
+    options: AmqpOptions,
+    declared_streams: Mutex<HashSet<String>>,
+    /// Every queue and exchange this instance declared (for `delete_topology`).
+    declared: Mutex<HashSet<(bool, String)>>,
+    dedup: Mutex<HashMap<String, Arc<Mutex<consume::RecentIds>>>>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn backend(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Backend(e.to_string())
+}
+
+/// The binding key of a NATS-style filter.
+pub(crate) fn binding_key(filter: &str) -> String {
+    filter
+        .split('.')
+        .map(|t| if t == ">" { "#" } else { t })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+pub(crate) fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+impl AmqpBroker {
+    /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
+    ///
+    /// # Errors
+    /// The server cannot be reached or refuses the credentials.
+    pub async fn connect(url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from("sluice"))
+            .enable_auto_recover();
+        let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+            .await
+            .map_err(|_| BrokerError::Connection(format!("{url}: no answer within 10 s")))?
+            .map_err(|e| BrokerError::Connection(format!("{url}: {e}")))?;
+        let publisher = conn.create_channel().await.map_err(backend)?;
+        publisher
+            .confirm_select(Default::default())
+            .await
+            .map_err(backend)?;
+        publisher
+            .exchange_declare(
+                ShortString::from(options.exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(backend)?;
+        let rpc = rpc::Rpc::start(&conn, &options.exchange).await?;
+        let broker = Self {
+            inner: Arc::new(Inner {
+                conn,
+                publisher,
+                declared_streams: Mutex::new(HashSet::new()),
+                declared: Mutex::new(HashSet::new()),
+                dedup: Mutex::new(HashMap::new()),
+                options,
+            }),
+            rpc,
+        };
+        broker.remember(false, &broker.options.exchange.clone());
+        broker.remember(false, &rpc::exchange_name(&broker.options.exchange));
+        Ok(broker)
+    }
+}
+
+impl Inner {
+    fn remember(&self, queue: bool, name: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((queue, name.to_owned()));
+    }
+
+    pub(crate) fn name(&self, kind: &str, key: &str, group: Option<&str>) -> String {
+        match group {
+            Some(g) => format!("{}.{kind}.{key}.{g}", self.options.exchange),
+            None => format!("{}.{kind}.{key}", self.options.exchange),
+        }
+    }
+
+    /// Declares a durable queue (`kind` = quorum, stream or classic).
+    pub(crate) async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        kind: &str,
+        mut args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        args.insert(ShortString::from("x-queue-type"), long(kind));
+        if kind != "stream"
+            && let Some(exp) = self.options.queue_expires
+        {
+            let ms = i64::try_from(exp.as_millis()).unwrap_or(i64::MAX);
+            args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(ms));
+        }
+        channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| BrokerError::Backend(format!("declaring queue {name}: {e}")))?;
+        self.remember(true, name);
+        Ok(())
+    }
+
+    /// Binds `queue` to the events exchange with `key`.
+    pub(crate) async fn bind(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        key: &str,
+    ) -> Result<(), BrokerError> {
+        channel
+            .queue_bind(
+                ShortString::from(queue),
+                ShortString::from(self.options.exchange.as_str()),
+                ShortString::from(key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Backend(format!("binding {queue} to {key}: {e}")))
+    }
+
+    /// Declares the stream queue of `key` unless already done.
+    pub(crate) async fn ensure_stream(&self, key: &str) -> Result<(), BrokerError> {
+        if self
+            .declared_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
+            return Ok(());
+        }
+        let name = self.name("stream", key, None);
+        self.declare_queue(&self.publisher, &name, "stream", FieldTable::default())
+            .await?;
+        self.bind(&self.publisher, &name, &format!("{key}.#"))
+            .await?;
+        self.declared_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
+        Ok(())
+    }
+
+    /// Whether queue `name` exists (asked on a throwaway channel, since a
+    /// failed passive declare closes the channel).
+    pub(crate) async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        let ch = self.conn.create_channel().await.map_err(backend)?;
+        let exists = ch
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = ch.close(200, ShortString::from("ok")).await;
+        Ok(exists)
+    }
+
+    pub(crate) async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        // Deleting a missing queue is not an error in RabbitMQ 3.x.
+        let ch = self.conn.create_channel().await.map_err(backend)?;
+        let r = ch
+            .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Backend(format!("deleting queue {name}: {e}")));
+        let _ = ch.close(200, ShortString::from("ok")).await;
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(true, name.to_owned()));
+        r
+    }
+
+    /// Deletes every queue and exchange this broker instance declared.
+    ///
+    /// # Errors
+    /// RabbitMQ refused a deletion.
+    pub async fn delete_topology(&self) -> Result<(), BrokerError> {
+        let all: Vec<(bool, String)> = self
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for (queue, name) in all.iter().filter(|(q, _)| *q) {
+            debug_assert!(*queue);
+            self.delete_queue(name).await?;
+        }
+        let ch = self.conn.create_channel().await.map_err(backend)?;
+        for (_, name) in all.iter().filter(|(q, _)| !*q) {
+            ch.exchange_delete(
+                ShortString::from(name.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Backend(format!("deleting exchange {name}: {e}")))?;
+        }
+        let _ = ch.close(200, ShortString::from("ok")).await;
+        self.declared_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    pub(crate) fn recent_ids(&self, queue: &str) -> Arc<Mutex<consume::RecentIds>> {
+        self.dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Amqp
+    }
+
+    async fn publish(&self, message: OutboundMessage) -> Result<PublishAck, BrokerError> {
+        subject::validate_subject(&message.subject)?;
+        self.ensure_stream(subject::stream_key(&message.subject))
+            .await?;
+        let confirm = publish::send(self, &message).await?;
+        publish::confirmed(&message.subject, confirm).await
+    }
+
+    async fn publish_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>> {
+        publish::publish_batch(self, messages).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, BrokerError> {
+        options.validate()?;
+        consume::subscribe(self.inner.clone(), options).await
+    }
+
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<InboundMessage, BrokerError> {
+        self.rpc.request(message, timeout).await
+    }
+
+    async fn serve(&self, subject: &str, group: &str) -> Result<Requests, BrokerError> {
+        let r = rpc::serve(self, subject, group).await?;
+        Ok(r)
+    }
+
+    async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError> {
+        let key = subject::stream_key(filter);
+        for kind in ["group", "retry", "ready"] {
+            self.delete_queue(&self.name(kind, key, Some(group)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_domain(&self, domain: &str) -> Result<(), BrokerError> {
+        for key in [domain.to_owned(), subject::dlq_subject(domain)] {
+            self.delete_queue(&self.name("stream", &key, None)).await?;
+            self.delete_queue(&self.name("dlx", &key, None)).await?;
+            self.declared_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self.publisher.wait_for_confirms().await {
+            tracing::warn!(error = %e, "waiting for confirms on close failed");
+        }
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}

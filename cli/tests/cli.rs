@@ -1,0 +1,103 @@
+//! The `sluice` binary as a user runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = sluice()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let ready = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sluice up logs readiness");
+        if line.contains("embedded broker ready") {
+            break line;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    };
+    assert!(
+        ready.contains("no services run yet"),
+        "up must not pretend to run services: {ready}"
+    );
+    assert!(dir.path().join("broker.db").exists());
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+}
+
+#[test]
+fn a_bad_argument_is_a_usage_error_with_exit_code_2() {
+    let out = sluice()
+        .args(["bench", "--backends", "kafka"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka"));
+    let out = sluice().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_runtime_failure_is_one_line_and_exit_code_1() {
+    let out = sluice()
+        .args(["up", "--data-dir", "/proc/nope"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sluice: "), "{stderr}");
+}
+
+#[test]
+fn the_embedded_bench_reports_both_operations() {
+    let out = sluice()
+        .args([
+            "bench",
+            "--backends",
+            "embedded",
+            "--messages",
+            "2000",
+            "--json",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"operation\":\"publish\""), "{stdout}");
+    assert!(stdout.contains("\"operation\":\"consume\""), "{stdout}");
+}
