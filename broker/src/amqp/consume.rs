@@ -8,8 +8,8 @@
 //! stream queue is read from the start offset up to the seam. Then the group
 //! queue is consumed, skipping messages before the seam that the replay
 //! already delivered (by id; unknown ones are delivered, so nothing is lost).
-//! The `ready` marker queue is declared once every replayed delivery is
-//! settled; a subscriber that stops earlier leaves no marker, and the next one
+//! The `ready` marker (a message in a one-message queue) is set once every
+//! replayed delivery is settled; a subscriber that stops earlier leaves no marker, and the next one
 //! replays again (duplicates, never loss). Replayed deliveries that are nacked
 //! go through the retry queue into the group queue, like any other.
 
@@ -135,12 +135,10 @@ pub(super) async fn subscribe(
         .bind(&ch, &names.group, &binding_key(&o.filter))
         .await?;
 
-    let replay = if inner.queue_exists(&names.ready).await? {
+    let replay = if inner.marker_set(&ch, &names.ready).await? {
         None
     } else if o.start == StartPosition::New {
-        inner
-            .declare_queue(&ch, &names.ready, "classic", FieldTable::default())
-            .await?;
+        inner.set_marker(&names.ready).await?;
         None
     } else {
         let seam = uuid::Uuid::now_v7().to_string();
@@ -191,7 +189,7 @@ struct Settle {
     payload: Bytes,
     delivered: u32,
     retry_queue: Arc<str>,
-    acks: tokio::sync::mpsc::UnboundedSender<lapin::Acker>,
+    _channel: Arc<ChannelGuard>,
     outstanding: Option<Arc<AtomicUsize>>,
 }
 
@@ -203,9 +201,10 @@ impl Settle {
     }
 
     fn ack(&self) {
-        // Acks are sent by the subscription's ack task, overlapped, so a
-        // caller acking one by one is not held up by each frame write.
-        let _ = self.acks.send(self.lapin.clone());
+        // Fire and forget: the first poll hands the ack to lapin's I/O loop;
+        // waiting for the frame to be written would cap a caller acking one
+        // by one near 15,000/s. A lost ack means a redelivery, never a loss.
+        let _ = self.lapin.ack(Default::default()).now_or_never();
         self.done();
     }
 
@@ -285,26 +284,21 @@ impl Acker for AmqpAcker {
     }
 }
 
-/// Sends acks for one subscription channel, many at a time.
-async fn ack_task(mut rx: tokio::sync::mpsc::UnboundedReceiver<lapin::Acker>, ch: Channel) {
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            next = rx.recv() => match next {
-                Some(a) => in_flight.push(async move { a.ack(Default::default()).await }),
-                None => break,
-            },
-            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "ack not sent; the message will be redelivered");
-                }
-            }
+/// Closes a subscription's channel once the pump and every delivery from
+/// it are gone (closing earlier would requeue deliveries still being handled).
+struct ChannelGuard(Channel);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        let ch = self.0.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = ch
+                    .close(200, ShortString::from("subscription closed"))
+                    .await;
+            });
         }
     }
-    while in_flight.next().await.is_some() {}
-    let _ = ch
-        .close(200, ShortString::from("subscription closed"))
-        .await;
 }
 
 struct Pump {
@@ -315,7 +309,7 @@ struct Pump {
     group: Arc<str>,
     retry: Arc<str>,
     pending: PendingMap,
-    acks: tokio::sync::mpsc::UnboundedSender<lapin::Acker>,
+    channel: Arc<ChannelGuard>,
     h: PumpHandle,
     open: bool,
 }
@@ -329,10 +323,7 @@ async fn pump(
     dedup: Arc<Mutex<RecentIds>>,
     h: PumpHandle,
 ) {
-    let (acks, ack_rx) = tokio::sync::mpsc::unbounded_channel();
-    // The ack task outlives the pump: it closes the channel once every
-    // delivery of this subscription is settled or dropped.
-    tokio::spawn(ack_task(ack_rx, ch.clone()));
+    let channel = Arc::new(ChannelGuard(ch.clone()));
     let mut p = Pump {
         group: Arc::from(o.group.as_str()),
         retry: Arc::from(names.retry.as_str()),
@@ -341,7 +332,7 @@ async fn pump(
         o,
         names,
         pending: PendingMap::default(),
-        acks,
+        channel,
         h,
         open: true,
     };
@@ -353,15 +344,12 @@ async fn pump(
             tracing::error!(error = %e, group = %p.group, "initial replay failed; it runs again next time");
             let _ = p.h.tx.send(Err(e)).await;
         } else if p.open {
-            let (inner, ch, ready) = (p.inner.clone(), p.ch.clone(), p.names.ready.clone());
+            let (inner, ready) = (p.inner.clone(), p.names.ready.clone());
             tokio::spawn(async move {
                 while outstanding.load(Ordering::SeqCst) > 0 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                if let Err(e) = inner
-                    .declare_queue(&ch, &ready, "classic", FieldTable::default())
-                    .await
-                {
+                if let Err(e) = inner.set_marker(&ready).await {
                     tracing::warn!(error = %e, "could not mark the replay complete; it runs again next time");
                 }
             });
@@ -401,7 +389,8 @@ impl Pump {
         args.insert(ShortString::from("x-stream-offset"), r.offset.clone());
         let stream = self.inner.name("stream", &self.names.key, None);
         let mut consumer = self.consume(&stream, args).await?;
-        while let Some(d) = self.next(&mut consumer).await? {
+        let mut sweeper = self.sweeper();
+        while let Some(d) = self.next(&mut consumer, &mut sweeper).await? {
             let seam = headers::raw(&d.properties, headers::SEAM).map(headers::text);
             if let Some(s) = seam {
                 let _ = d.acker.ack(Default::default()).await;
@@ -448,7 +437,8 @@ impl Pump {
         let mut consumer = self
             .consume(&self.names.group.clone(), FieldTable::default())
             .await?;
-        while let Some(d) = self.next(&mut consumer).await? {
+        let mut sweeper = self.sweeper();
+        while let Some(d) = self.next(&mut consumer, &mut sweeper).await? {
             if let Some(s) = headers::raw(&d.properties, headers::SEAM) {
                 if seam.is_some() && headers::text(s) == seam {
                     seam_passed = true;
@@ -488,12 +478,21 @@ impl Pump {
     }
 
     /// The next raw delivery, sweeping expired ones meanwhile; `None` once closing.
+    /// A ticker for the ack-wait sweep (one timer for the whole subscription,
+    /// not one per message).
+    fn sweeper(&self) -> tokio::time::Interval {
+        let tick =
+            (self.o.ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+        let mut i = tokio::time::interval(tick);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    }
+
     async fn next(
         &mut self,
         consumer: &mut lapin::Consumer,
+        sweeper: &mut tokio::time::Interval,
     ) -> Result<Option<lapin::message::Delivery>, BrokerError> {
-        let tick =
-            (self.o.ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut stop = self.h.stop.clone();
         loop {
             if !self.open || *stop.borrow() {
@@ -508,7 +507,7 @@ impl Pump {
                     }
                     None => return Ok(None),
                 },
-                _ = tokio::time::sleep(tick) => self.sweep().await,
+                _ = sweeper.tick() => self.sweep().await,
                 () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(None),
             }
         }
@@ -608,7 +607,7 @@ impl Pump {
             payload,
             delivered,
             retry_queue: self.retry.clone(),
-            acks: self.acks.clone(),
+            _channel: self.channel.clone(),
             outstanding,
         });
         self.pending

@@ -12,7 +12,7 @@
 //!   (published to `dlq.<subject>`, confirmed, then the original is acked);
 //! - `<x>.retry.<key>.<group>`: where a nack with a delay waits (per-message
 //!   TTL) before it is dead-lettered back into the group queue;
-//! - `<x>.ready.<key>.<group>`: an empty marker queue saying the group's
+//! - `<x>.ready.<key>.<group>`: a one-message marker queue saying the group's
 //!   initial replay is complete (see `consume.rs`);
 //! - `<x>.rpc`: a topic exchange for requests; replies use direct reply-to.
 //!
@@ -262,23 +262,42 @@ impl Inner {
         Ok(())
     }
 
-    /// Whether queue `name` exists (asked on a throwaway channel, since a
-    /// failed passive declare closes the channel).
-    pub(crate) async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
-        let ch = self.conn.create_channel().await.map_err(backend)?;
-        let exists = ch
+    /// Declares the classic marker queue `name` (at most one message) and
+    /// says whether it holds a message. A marker is a message rather than
+    /// the queue's existence because a passive declare of a missing queue
+    /// closes the channel with an error.
+    pub(crate) async fn marker_set(
+        &self,
+        channel: &Channel,
+        name: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-queue-type"), long("classic"));
+        args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(1));
+        if let Some(exp) = self.options.queue_expires {
+            let ms = i64::try_from(exp.as_millis()).unwrap_or(i64::MAX);
+            args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(ms));
+        }
+        let q = channel
             .queue_declare(
                 ShortString::from(name),
                 QueueDeclareOptions {
-                    passive: true,
+                    durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await
-            .is_ok();
-        let _ = ch.close(200, ShortString::from("ok")).await;
-        Ok(exists)
+            .map_err(|e| BrokerError::Backend(format!("declaring marker {name}: {e}")))?;
+        self.remember(true, name);
+        Ok(q.message_count() > 0)
+    }
+
+    /// Puts the message into marker queue `name` (declared by `marker_set`).
+    pub(crate) async fn set_marker(&self, name: &str) -> Result<(), BrokerError> {
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        let confirm = publish::send_raw(self, "", name, b"ready", props).await?;
+        publish::confirmed(name, confirm).await.map(|_| ())
     }
 
     pub(crate) async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {

@@ -70,10 +70,21 @@ pub(super) async fn subscribe(
 }
 
 /// How long one pull request waits for messages. It bounds how long closing
-/// a subscription takes: the pump finishes its outstanding request (so no
-/// message is in flight to a dead inbox) and hands back what it got.
+/// a subscription takes: the pump finishes its outstanding requests (so no
+/// message is in flight to a dead inbox) and hands back what they bring.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
+async fn pull(c: &PullConsumer, want: usize) -> Result<pull::Batch, BrokerError> {
+    c.batch()
+        .max_messages(want)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .map_err(backend)
+}
+
+/// Feeds one member. Two pull requests overlap: the next is sent when half of
+/// the current one has arrived, so the pipe never runs dry between batches.
 async fn pump(
     js: jetstream::Context,
     stream: Stream,
@@ -83,57 +94,70 @@ async fn pump(
     prefetch: usize,
     h: PumpHandle,
 ) {
+    let want = (prefetch / 2).max(1);
     let mut backoff = Duration::from_millis(100);
     let mut open = true;
-    while open && !*h.stop.borrow() {
-        // One pull request at a time, sized to the room left for the caller.
-        let want = h.tx.capacity().max(prefetch / 4).clamp(1, prefetch);
-        let batch = c
-            .batch()
-            .max_messages(want)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
+    let mut current: Option<pull::Batch> = None;
+    let mut next: Option<pull::Batch> = None;
+    let mut received = 0;
+    loop {
+        let closing = !open || *h.stop.borrow();
+        if closing && current.is_none() && next.is_none() {
+            break;
+        }
+        if current.is_none() {
+            received = 0;
+            current = match next.take() {
+                Some(b) => Some(b),
+                None if closing => break,
+                None => match pull(&c, want).await {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
+                        pause(&h, &mut backoff).await;
+                        if let Ok(fresh) = consumer(&stream, &o).await {
+                            c = fresh;
+                        }
+                        continue;
+                    }
+                },
+            };
+        }
+        if !closing && next.is_none() && received * 2 >= want {
+            next = pull(&c, want).await.ok();
+        }
+        let Some(batch) = current.as_mut() else {
+            continue;
+        };
+        match batch.next().await {
+            Some(Ok(m)) => {
+                received += 1;
+                backoff = Duration::from_millis(100);
+                let d = match delivery(&js, m, &group) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "message without JetStream metadata");
+                        continue;
+                    }
+                };
+                let closing = !open || *h.stop.borrow();
+                if closing {
+                    // Closing: what the outstanding requests still bring goes back.
+                    open = false;
+                    h.hand_back(d);
+                } else if !h.deliver(d).await {
+                    open = false;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, group = %group, "pull error");
+                current = None;
                 pause(&h, &mut backoff).await;
                 if let Ok(fresh) = consumer(&stream, &o).await {
                     c = fresh;
                 }
-                continue;
             }
-        };
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(m) => {
-                    backoff = Duration::from_millis(100);
-                    let d = match delivery(&js, m, &group) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "message without JetStream metadata");
-                            continue;
-                        }
-                    };
-                    let closing = !open || *h.stop.borrow();
-                    if closing {
-                        // Closing: what this request still brings goes back.
-                        open = false;
-                        h.hand_back(d);
-                    } else if !h.deliver(d).await {
-                        open = false;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, group = %group, "pull error");
-                    pause(&h, &mut backoff).await;
-                    if let Ok(fresh) = consumer(&stream, &o).await {
-                        c = fresh;
-                    }
-                    break;
-                }
-            }
+            None => current = None,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use sluice_broker::testing::unique;
-use sluice_broker::{Broker, OutboundMessage, StartPosition, SubscribeOptions};
+use sluice_broker::{Broker, OutboundMessage, SubscribeOptions};
 use sluice_proto::Envelope;
 
 /// Arguments of `sluice bench`.
@@ -115,7 +115,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     sluice_broker::embedded::EmbeddedBroker::open(&path, Default::default())
                         .await
                         .with_context(|| format!("opening {}", path.display()))?;
-                figures.extend(through_trait("embedded", Arc::new(broker), &load).await?);
+                let broker = Arc::new(broker);
+                figures.extend(through_trait("embedded", broker.clone(), &load).await?);
+                broker.close().await;
             }
             Backend::Nats => {
                 let server = match &args.nats_url {
@@ -135,7 +137,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let broker = sluice_broker::nats::NatsBroker::connect(&url, Default::default())
                     .await
                     .with_context(|| format!("connecting to {url}"))?;
-                figures.extend(through_trait("nats", Arc::new(broker), &load).await?);
+                let broker = Arc::new(broker);
+                figures.extend(through_trait("nats", broker.clone(), &load).await?);
+                broker.close().await;
             }
             Backend::Amqp => {
                 figures.extend(
@@ -157,6 +161,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .delete_topology()
                     .await
                     .context("deleting the bench exchange and queues")?;
+                broker.close().await;
                 figures.extend(result?);
             }
         }
@@ -174,6 +179,18 @@ async fn through_trait(
 ) -> anyhow::Result<Vec<Figure>> {
     let domain = unique("bench");
     let subject = format!("{domain}.order.placed");
+    // Create the consumer group before publishing, as the raw runs declare
+    // their queue/consumer first: consumption is then measured from the
+    // group's own queue (on RabbitMQ the quorum queue, not a stream replay).
+    let options = SubscribeOptions::new("bench", format!("{domain}.>"))
+        .prefetch(load.prefetch)
+        .max_deliveries(100);
+    broker
+        .subscribe(options.clone())
+        .await
+        .context("creating the consumer group")?
+        .close()
+        .await;
     let started = Instant::now();
     let mut sent = 0;
     while sent < load.messages {
@@ -193,10 +210,6 @@ async fn through_trait(
         messages: load.messages,
         elapsed: started.elapsed(),
     };
-    let options = SubscribeOptions::new("bench", format!("{domain}.>"))
-        .start(StartPosition::Beginning)
-        .prefetch(load.prefetch)
-        .max_deliveries(100);
     let started = Instant::now();
     let mut sub = broker.subscribe(options).await.context("subscribe")?;
     let mut received = 0;
@@ -218,7 +231,6 @@ async fn through_trait(
     };
     sub.close().await;
     broker.delete_domain(&domain).await.context("cleanup")?;
-    broker.close().await;
     Ok(vec![publish, consume])
 }
 

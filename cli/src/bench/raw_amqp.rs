@@ -122,8 +122,9 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
             .context("delivery")?;
         let acker = d.acker.clone();
         acks.push(async move { acker.ack(BasicAckOptions::default()).await });
-        // Keep acks overlapping but bounded.
-        while acks.len() >= 256 {
+        // Keep acks overlapping but bounded (below the prefetch window, or
+        // the broker stops sending while acks wait to be driven).
+        while acks.len() >= (load.prefetch / 2).clamp(1, 256) {
             if let Some(r) = acks.next().await {
                 r.context("basic.ack")?;
             }
