@@ -106,6 +106,18 @@ provide_rabbitmq() {
   timeout 30 rabbitmqctl -q authenticate_user guest guest >"$LOG_DIR/rabbit" 2>&1 \
     || unreachable RabbitMQ 5672 "user guest/guest is rejected: $(last_line "$LOG_DIR/rabbit")"
   RABBITMQ_VERSION=$(timeout 30 rabbitmqctl -q version 2>/dev/null | tail -n 1)
+  sweep_rabbitmq_leftovers
+}
+
+# Tests delete what they declare, and their classic and quorum queues expire
+# when unused; stream queues cannot expire, so a run that was killed midway
+# leaves some. Remove queues of earlier test and bench runs.
+sweep_rabbitmq_leftovers() {
+  local q n=0
+  while read -r q; do
+    timeout 30 rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 && n=$((n + 1))
+  done < <(timeout 60 rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^sluice-(test|bench|rawbench)-' || true)
+  [ "$n" = 0 ] || say "removed $n queues left by earlier interrupted test runs"
 }
 
 # --- PostgreSQL -------------------------------------------------------------

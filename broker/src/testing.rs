@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 
 /// A name unique to this test run: `prefix` plus 10 random lowercase letters
 /// and digits (valid as a subject token, group, stream and queue name).

@@ -46,6 +46,9 @@ pub(crate) struct BenchArgs {
     /// Where the embedded log is written (a temporary directory by default).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Alternating raw/Sluice rounds; the report shows the median of each.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print results as JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -95,8 +98,8 @@ impl Load {
 /// Runs the benchmark and prints the figures.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.messages > 0 && args.batch > 0 && args.prefetch > 0,
-        "--messages, --batch and --prefetch must be positive"
+        args.messages > 0 && args.batch > 0 && args.prefetch > 0 && args.rounds > 0,
+        "--messages, --batch, --prefetch and --rounds must be positive"
     );
     let load = Load {
         messages: args.messages,
@@ -105,69 +108,80 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         prefetch: args.prefetch,
     };
     let mut figures = Vec::new();
-    for backend in &args.backends {
-        match backend {
-            Backend::Embedded => {
-                let tmp = tempfile::tempdir().context("temporary directory")?;
-                let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-                let path = dir.join(format!("{}.db", unique("bench-")));
-                let broker =
-                    sluice_broker::embedded::EmbeddedBroker::open(&path, Default::default())
-                        .await
-                        .with_context(|| format!("opening {}", path.display()))?;
-                let broker = Arc::new(broker);
-                figures.extend(through_trait("embedded", broker.clone(), &load).await?);
-                broker.close().await;
-            }
-            Backend::Nats => {
-                let server = match &args.nats_url {
-                    Some(_) => None,
-                    None => Some(sluice_broker::testing::NatsServer::start()),
-                };
-                let url = args
-                    .nats_url
-                    .clone()
-                    .or_else(|| server.as_ref().map(|s| s.url()))
-                    .unwrap_or_default();
-                figures.extend(
-                    raw_nats::run(&url, &load)
-                        .await
-                        .context("raw NATS client")?,
-                );
-                let broker = sluice_broker::nats::NatsBroker::connect(&url, Default::default())
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
-                let broker = Arc::new(broker);
-                figures.extend(through_trait("nats", broker.clone(), &load).await?);
-                broker.close().await;
-            }
-            Backend::Amqp => {
-                figures.extend(
-                    raw_amqp::run(&args.amqp_url, &load)
-                        .await
-                        .context("raw lapin client")?,
-                );
-                let name = unique("sluice-bench-");
-                let broker = Arc::new(
-                    sluice_broker::amqp::AmqpBroker::connect(
-                        &args.amqp_url,
-                        sluice_broker::amqp::AmqpOptions::for_tests(&name),
-                    )
-                    .await
-                    .with_context(|| format!("connecting to {}", args.amqp_url))?,
-                );
-                let result = through_trait("amqp", broker.clone(), &load).await;
-                broker
-                    .delete_topology()
-                    .await
-                    .context("deleting the bench exchange and queues")?;
-                broker.close().await;
-                figures.extend(result?);
-            }
+    // Raw and Sluice runs alternate, `--rounds` times, and the report takes
+    // the median of each: the machine is shared, so a single pair is noise.
+    for round in 0..args.rounds {
+        for backend in &args.backends {
+            tracing::info!(round, ?backend, "measuring");
+            figures.extend(measure(*backend, &args, &load).await?);
         }
     }
     report(&figures, args.json);
     Ok(())
+}
+
+async fn measure(backend: Backend, args: &BenchArgs, load: &Load) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let load = load.clone();
+    match backend {
+        Backend::Embedded => {
+            let tmp = tempfile::tempdir().context("temporary directory")?;
+            let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+            let path = dir.join(format!("{}.db", unique("bench-")));
+            let broker = sluice_broker::embedded::EmbeddedBroker::open(&path, Default::default())
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            let broker = Arc::new(broker);
+            figures.extend(through_trait("embedded", broker.clone(), &load).await?);
+            broker.close().await;
+        }
+        Backend::Nats => {
+            let server = match &args.nats_url {
+                Some(_) => None,
+                None => Some(sluice_broker::testing::NatsServer::start()),
+            };
+            let url = args
+                .nats_url
+                .clone()
+                .or_else(|| server.as_ref().map(|s| s.url()))
+                .unwrap_or_default();
+            figures.extend(
+                raw_nats::run(&url, &load)
+                    .await
+                    .context("raw NATS client")?,
+            );
+            let broker = sluice_broker::nats::NatsBroker::connect(&url, Default::default())
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            let broker = Arc::new(broker);
+            figures.extend(through_trait("nats", broker.clone(), &load).await?);
+            broker.close().await;
+        }
+        Backend::Amqp => {
+            figures.extend(
+                raw_amqp::run(&args.amqp_url, &load)
+                    .await
+                    .context("raw lapin client")?,
+            );
+            let name = unique("sluice-bench-");
+            let broker = Arc::new(
+                sluice_broker::amqp::AmqpBroker::connect(
+                    &args.amqp_url,
+                    sluice_broker::amqp::AmqpOptions::for_tests(&name),
+                )
+                .await
+                .with_context(|| format!("connecting to {}", args.amqp_url))?,
+            );
+            let result = through_trait("amqp", broker.clone(), &load).await;
+            broker
+                .delete_topology()
+                .await
+                .context("deleting the bench exchange and queues")?;
+            broker.close().await;
+            figures.extend(result?);
+        }
+    }
+    Ok(figures)
 }
 
 /// Publishes `load.messages` events through the trait in windows of
@@ -244,25 +258,33 @@ fn report(figures: &[Figure], json: bool) {
             ));
         }
     } else {
-        out.push_str("backend   operation  raw msg/s   sluice msg/s  sluice/raw\n");
-        for f in figures.iter().filter(|f| f.path == "sluice") {
-            let raw = figures
-                .iter()
-                .find(|r| r.path == "raw" && r.backend == f.backend && r.operation == f.operation);
-            let (raw_rate, ratio) = match raw {
-                Some(r) => (
-                    format!("{:.0}", r.rate()),
-                    format!("{:.0}%", 100.0 * f.rate() / r.rate()),
-                ),
-                None => ("-".into(), "-".into()),
+        out.push_str("backend   operation  raw msg/s   sluice msg/s  sluice/raw  (medians)\n");
+        let mut rows: Vec<(&str, &str)> = Vec::new();
+        for f in figures {
+            if !rows.contains(&(f.backend, f.operation)) {
+                rows.push((f.backend, f.operation));
+            }
+        }
+        for (backend, operation) in rows {
+            let median = |path: &str| {
+                let mut rates: Vec<f64> = figures
+                    .iter()
+                    .filter(|f| f.backend == backend && f.operation == operation && f.path == path)
+                    .map(Figure::rate)
+                    .collect();
+                rates.sort_by(f64::total_cmp);
+                rates.get(rates.len() / 2).copied()
+            };
+            let (raw, ours) = (median("raw"), median("sluice"));
+            let show = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+            let ratio = match (raw, ours) {
+                (Some(r), Some(o)) => format!("{:.0}%", 100.0 * o / r),
+                _ => "-".to_owned(),
             };
             out.push_str(&format!(
-                "{:<9} {:<10} {:>10} {:>13} {:>11}\n",
-                f.backend,
-                f.operation,
-                raw_rate,
-                format!("{:.0}", f.rate()),
-                ratio
+                "{backend:<9} {operation:<10} {:>10} {:>13} {ratio:>11}\n",
+                show(raw),
+                show(ours)
             ));
         }
     }

@@ -1,5 +1,6 @@
-//! The same load through the raw lapin client: a quorum queue, publisher
-//! confirms with a window, manual acks overlapped (not awaited one by one).
+//! The same load through the raw lapin client: a topic exchange, a quorum
+//! queue and a stream queue, publisher confirms with a window, manual acks
+//! overlapped (not awaited one by one).
 
 use std::time::{Duration, Instant};
 
@@ -7,10 +8,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use sluice_broker::testing::unique;
 
 use super::{Figure, Load};
@@ -25,23 +27,52 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("confirm.select")?;
-    let queue = unique("sluice-rawbench-");
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    // The same topology as the Sluice backend: a topic exchange routing each
+    // message to the consumer group's quorum queue and to the domain's
+    // stream queue (kept for replay).
+    let exchange = unique("sluice-rawbench-");
+    let queue = format!("{exchange}.group");
+    let stream = format!("{exchange}.stream");
     publisher
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            args,
+            FieldTable::default(),
         )
         .await
-        .context("queue.declare")?;
+        .context("exchange.declare")?;
+    for (name, kind) in [(&queue, "quorum"), (&stream, "stream")] {
+        let mut args = FieldTable::default();
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from(kind)),
+        );
+        publisher
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .context("queue.declare")?;
+        publisher
+            .queue_bind(
+                name.as_str().into(),
+                exchange.as_str().into(),
+                "bench.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("queue.bind")?;
+    }
 
     let started = Instant::now();
     let mut sent = 0;
@@ -67,8 +98,8 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
             confirms.push(
                 publisher
                     .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        "bench.order.placed".into(),
                         BasicPublishOptions {
                             mandatory: true,
                             ..Default::default()
@@ -141,10 +172,16 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
         messages: received,
         elapsed: started.elapsed(),
     };
+    for name in [&queue, &stream] {
+        publisher
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .context("queue.delete")?;
+    }
     publisher
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await
-        .context("queue.delete")?;
+        .context("exchange.delete")?;
     let _ = conn.close(200, "bench done".into()).await;
     Ok(vec![publish, consume])
 }
