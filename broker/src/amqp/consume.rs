@@ -477,7 +477,6 @@ impl Pump {
         Ok(())
     }
 
-    /// The next raw delivery, sweeping expired ones meanwhile; `None` once closing.
     /// A ticker for the ack-wait sweep (one timer for the whole subscription,
     /// not one per message).
     fn sweeper(&self) -> tokio::time::Interval {
@@ -488,6 +487,7 @@ impl Pump {
         i
     }
 
+    /// The next raw delivery, sweeping expired ones meanwhile; `None` once closing.
     async fn next(
         &mut self,
         consumer: &mut lapin::Consumer,

@@ -2,7 +2,7 @@
 //! queue and a stream queue, publisher confirms with a window, manual acks
 //! overlapped (not awaited one by one).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -146,9 +146,8 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
     let mut received = 0;
     let mut acks = futures::stream::FuturesUnordered::new();
     while received < load.messages {
-        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .context("no delivery for 30 s")?
+        let d = super::next_or_stall(consumer.next())
+            .await?
             .context("consumer ended")?
             .context("delivery")?;
         let acker = d.acker.clone();

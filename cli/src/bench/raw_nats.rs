@@ -1,6 +1,6 @@
 //! The same load through the raw async-nats JetStream client.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -80,9 +80,8 @@ pub(crate) async fn run(url: &str, load: &Load) -> anyhow::Result<Vec<Figure>> {
         .context("pull stream")?;
     let mut received = 0;
     while received < load.messages {
-        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .context("no message for 30 s")?
+        let m = super::next_or_stall(messages.next())
+            .await?
             .context("stream ended")?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
