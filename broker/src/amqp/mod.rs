@@ -124,6 +124,25 @@ pub(crate) fn binding_key(filter: &str) -> String {
         .join(".")
 }
 
+/// Declares the durable topic exchange `name`.
+pub(crate) async fn declare_topic_exchange(
+    channel: &Channel,
+    name: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::Backend(format!("declaring exchange {name}: {e}")))
+}
+
 pub(crate) fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -146,18 +165,7 @@ impl AmqpBroker {
             .confirm_select(Default::default())
             .await
             .map_err(backend)?;
-        publisher
-            .exchange_declare(
-                ShortString::from(options.exchange.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(backend)?;
+        declare_topic_exchange(&publisher, &options.exchange).await?;
         let rpc = rpc::Rpc::start(&conn, &options.exchange).await?;
         let broker = Self {
             inner: Arc::new(Inner {
@@ -198,7 +206,7 @@ impl Inner {
         name: &str,
         kind: &str,
         mut args: FieldTable,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<lapin::Queue, BrokerError> {
         args.insert(ShortString::from("x-queue-type"), long(kind));
         if kind != "stream"
             && let Some(exp) = self.options.queue_expires
@@ -206,7 +214,7 @@ impl Inner {
             let ms = i64::try_from(exp.as_millis()).unwrap_or(i64::MAX);
             args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(ms));
         }
-        channel
+        let queue = channel
             .queue_declare(
                 ShortString::from(name),
                 QueueDeclareOptions {
@@ -218,7 +226,7 @@ impl Inner {
             .await
             .map_err(|e| BrokerError::Backend(format!("declaring queue {name}: {e}")))?;
         self.remember(true, name);
-        Ok(())
+        Ok(queue)
     }
 
     /// Binds `queue` to the events exchange with `key`.
@@ -272,25 +280,9 @@ impl Inner {
         name: &str,
     ) -> Result<bool, BrokerError> {
         let mut args = FieldTable::default();
-        args.insert(ShortString::from("x-queue-type"), long("classic"));
         args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(1));
-        if let Some(exp) = self.options.queue_expires {
-            let ms = i64::try_from(exp.as_millis()).unwrap_or(i64::MAX);
-            args.insert(ShortString::from("x-expires"), AMQPValue::LongLongInt(ms));
-        }
-        let q = channel
-            .queue_declare(
-                ShortString::from(name),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .map_err(|e| BrokerError::Backend(format!("declaring marker {name}: {e}")))?;
-        self.remember(true, name);
-        Ok(q.message_count() > 0)
+        let queue = self.declare_queue(channel, name, "classic", args).await?;
+        Ok(queue.message_count() > 0)
     }
 
     /// Puts the message into marker queue `name` (declared by `marker_set`).

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ExchangeKind};
+use lapin::{Channel, Confirmation, Connection};
 use sluice_proto::Headers;
 use tokio::sync::oneshot;
 
@@ -57,18 +57,7 @@ impl Rpc {
             .await
             .map_err(backend)?;
         let exchange = exchange_name(prefix);
-        channel
-            .exchange_declare(
-                ShortString::from(exchange.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(backend)?;
+        super::declare_topic_exchange(&channel, &exchange).await?;
         let mut replies = channel
             .basic_consume(
                 ShortString::from(REPLY_TO),
