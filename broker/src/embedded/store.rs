@@ -111,7 +111,11 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
                 Durability::Full => SqliteSynchronous::Full,
             })
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Readers map the file instead of copying pages through read();
+            // a larger page cache keeps the log's recent tail in memory.
+            .pragma("mmap_size", "1073741824")
+            .pragma("cache_size", "-65536");
         let mut conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
