@@ -25,7 +25,10 @@ async fn a_message_no_queue_takes_is_reported_unroutable() {
         .expect("RabbitMQ is required (run scripts/test.sh)");
     let domain = unique("ur");
     let subject = format!("{domain}.order.confirmed");
-    broker.publish(msg(&subject)).await.expect("routable while the stream queue exists");
+    broker
+        .publish(msg(&subject))
+        .await
+        .expect("routable while the stream queue exists");
 
     // An operator deletes the domain's stream queue behind the broker's back.
     let stream_queue = format!("{name}.stream.{domain}");
@@ -33,12 +36,28 @@ async fn a_message_no_queue_takes_is_reported_unroutable() {
         .args(["delete_queue", &stream_queue])
         .output()
         .expect("rabbitmqctl is needed (run scripts/test.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let err = broker.publish(msg(&subject)).await.expect_err("nothing takes it now");
-    assert!(matches!(err, BrokerError::Unroutable(ref s) if *s == subject), "{err}");
-    let results = broker.publish_batch(vec![msg(&subject), msg(&subject)]).await;
-    assert!(results.iter().all(|r| matches!(r, Err(BrokerError::Unroutable(_)))));
+    let err = broker
+        .publish(msg(&subject))
+        .await
+        .expect_err("nothing takes it now");
+    assert!(
+        matches!(err, BrokerError::Unroutable(ref s) if *s == subject),
+        "{err}"
+    );
+    let results = broker
+        .publish_batch(vec![msg(&subject), msg(&subject)])
+        .await;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(BrokerError::Unroutable(_))))
+    );
 
     broker.delete_domain(&domain).await.unwrap();
     broker.delete_topology().await.unwrap();
