@@ -28,8 +28,11 @@ pub(super) fn from_nats(headers: Option<&HeaderMap>) -> Headers {
     let mut out = Headers::new();
     if let Some(h) = headers {
         for (name, values) in h.iter() {
-            let name = name.to_string();
-            if name.to_ascii_lowercase().starts_with("nats-") {
+            let name: &str = name.as_ref();
+            let server_header = name
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
+            if server_header {
                 continue;
             }
             if let Some(v) = values.first() {
