@@ -63,3 +63,74 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
         ))),
     }
 }
+
+/// Whether a TCP connection to the host of a `scheme://[user@]host[:port]/…`
+/// URL succeeds within 3 s, so an unreachable broker fails fast and clearly.
+pub(crate) async fn probe(url: &str, default_port: u16) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let hostport = rest.rsplit('@').next().unwrap_or(rest);
+    let hostport = hostport.split(['/', '?']).next().unwrap_or(hostport);
+    let addr = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:{default_port}")
+    };
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_their_backend() {
+        assert_eq!(
+            "embedded:data/broker.db".parse::<BrokerUrl>().ok(),
+            Some(BrokerUrl::Embedded(PathBuf::from("data/broker.db")))
+        );
+        assert!(matches!(
+            "nats://127.0.0.1:4222".parse(),
+            Ok(BrokerUrl::Nats(_))
+        ));
+        assert!(matches!(
+            "amqp://guest:guest@localhost:5672/%2f".parse(),
+            Ok(BrokerUrl::Amqp(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_url_is_a_one_line_config_error() {
+        for bad in ["kafka://x", "embedded:", "", "nats:/x"] {
+            let err = bad.parse::<BrokerUrl>().expect_err(bad);
+            assert!(matches!(err, BrokerError::Config(_)), "{bad}: {err}");
+            assert_eq!(err.to_string().lines().count(), 1);
+        }
+    }
+
+    /// A port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        crate::testing::free_port()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_nats_server_is_a_connection_error() {
+        let url = format!("nats://127.0.0.1:{}", closed_port());
+        let err = connect(&url).await.err().expect("nothing listens");
+        assert!(matches!(err, BrokerError::Connection(_)), "{err}");
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_rabbitmq_is_a_connection_error() {
+        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+        let err = connect(&url).await.err().expect("nothing listens");
+        assert!(matches!(err, BrokerError::Connection(_)), "{err}");
+    }
+}

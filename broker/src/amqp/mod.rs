@@ -143,6 +143,18 @@ pub(crate) async fn declare_topic_exchange(
         .map_err(|e| BrokerError::Backend(format!("declaring exchange {name}: {e}")))
 }
 
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 pub(crate) fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -156,10 +168,23 @@ impl AmqpBroker {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from("sluice"))
             .enable_auto_recover();
+        let port = if url.starts_with("amqps://") {
+            5671
+        } else {
+            5672
+        };
+        if !crate::connect::probe(url, port).await {
+            return Err(BrokerError::Connection(format!(
+                "no RabbitMQ server answers at {}",
+                redact(url)
+            )));
+        }
         let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
             .await
-            .map_err(|_| BrokerError::Connection(format!("{url}: no answer within 10 s")))?
-            .map_err(|e| BrokerError::Connection(format!("{url}: {e}")))?;
+            .map_err(|_| {
+                BrokerError::Connection(format!("{}: no answer within 10 s", redact(url)))
+            })?
+            .map_err(|e| BrokerError::Connection(format!("{}: {e}", redact(url))))?;
         let publisher = conn.create_channel().await.map_err(backend)?;
         publisher
             .confirm_select(Default::default())
@@ -416,5 +441,25 @@ impl Broker for AmqpBroker {
             tracing::warn!(error = %e, "waiting for confirms on close failed");
         }
         let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+    }
+
+    #[test]
+    fn nats_filters_become_binding_keys() {
+        assert_eq!(binding_key("orders.>"), "orders.#");
+        assert_eq!(binding_key("orders.*.placed"), "orders.*.placed");
     }
 }

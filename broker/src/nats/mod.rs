@@ -96,7 +96,8 @@ impl NatsBroker {
         // With retry_on_initial_connect the first connect does not fail, so
         // check reachability ourselves to give a clear error at once.
         let urls: Vec<&str> = url.split(',').map(str::trim).collect();
-        let reachable = futures::future::join_all(urls.iter().map(|u| probe(u))).await;
+        let reachable =
+            futures::future::join_all(urls.iter().map(|u| crate::connect::probe(u, 4222))).await;
         if !reachable.iter().any(|ok| *ok) {
             return Err(BrokerError::Connection(format!(
                 "no NATS server answers at {url}"
@@ -163,22 +164,6 @@ impl NatsBroker {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
-}
-
-/// Whether a TCP connection to the host of a `nats://` URL succeeds.
-async fn probe(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let hostport = rest.rsplit('@').next().unwrap_or(rest);
-    let hostport = hostport.split('/').next().unwrap_or(hostport);
-    let addr = if hostport.contains(':') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:4222")
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
 }
 
 #[async_trait]
