@@ -66,6 +66,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
 
 /// Whether a TCP connection to the host of a `scheme://[user@]host[:port]/…`
 /// URL succeeds within 3 s, so an unreachable broker fails fast and clearly.
+#[cfg(any(feature = "nats", feature = "amqp"))]
 pub(crate) async fn probe(url: &str, default_port: u16) -> bool {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let hostport = rest.rsplit('@').next().unwrap_or(rest);
@@ -115,10 +116,12 @@ mod tests {
     }
 
     /// A port nothing listens on (bound, then released).
+    #[cfg(any(feature = "nats", feature = "amqp"))]
     fn closed_port() -> u16 {
         crate::testing::free_port()
     }
 
+    #[cfg(feature = "nats")]
     #[tokio::test]
     async fn an_unreachable_nats_server_is_a_connection_error() {
         let url = format!("nats://127.0.0.1:{}", closed_port());
@@ -127,6 +130,7 @@ mod tests {
         assert!(err.to_string().contains(&url), "{err}");
     }
 
+    #[cfg(feature = "amqp")]
     #[tokio::test]
     async fn an_unreachable_rabbitmq_is_a_connection_error() {
         let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());

@@ -21,6 +21,8 @@ mod delivery;
 mod error;
 mod message;
 mod options;
+#[cfg(any(feature = "nats", feature = "amqp"))]
+mod pipeline;
 pub mod subject;
 pub mod testing;
 

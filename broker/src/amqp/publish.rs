@@ -1,13 +1,11 @@
 //! Confirmed, mandatory publishing to the events exchange.
 
-use std::collections::VecDeque;
-
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 
 use super::{Inner, headers};
-use crate::{BrokerError, OutboundMessage, PublishAck, subject};
+use crate::{BrokerError, OutboundMessage, PublishAck};
 
 /// Sends one message (without waiting for its confirm).
 pub(super) async fn send(
@@ -85,34 +83,12 @@ pub(super) async fn publish_batch(
     broker: &Inner,
     messages: Vec<OutboundMessage>,
 ) -> Vec<Result<PublishAck, BrokerError>> {
-    let mut results: Vec<Option<Result<PublishAck, BrokerError>>> =
-        (0..messages.len()).map(|_| None).collect();
-    let mut in_flight: VecDeque<(usize, String, PublisherConfirm)> = VecDeque::new();
-    let window = broker.options.publish_window.max(1);
-    for (i, m) in messages.iter().enumerate() {
-        if let Err(e) = subject::validate_subject(&m.subject) {
-            results[i] = Some(Err(e));
-            continue;
-        }
-        if let Err(e) = broker.ensure_stream(subject::stream_key(&m.subject)).await {
-            results[i] = Some(Err(e));
-            continue;
-        }
-        while in_flight.len() >= window {
-            if let Some((j, s, c)) = in_flight.pop_front() {
-                results[j] = Some(confirmed(&s, c).await);
-            }
-        }
-        match send(broker, m).await {
-            Ok(c) => in_flight.push_back((i, m.subject.clone(), c)),
-            Err(e) => results[i] = Some(Err(e)),
-        }
-    }
-    for (j, s, c) in in_flight {
-        results[j] = Some(confirmed(&s, c).await);
-    }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(BrokerError::Backend("publish result missing".into()))))
-        .collect()
+    crate::pipeline::publish_pipelined(
+        messages,
+        broker.options.publish_window,
+        |key| async move { broker.ensure_stream(&key).await },
+        |m| async move { send(broker, &m).await },
+        |subject, pending| async move { confirmed(&subject, pending).await },
+    )
+    .await
 }
