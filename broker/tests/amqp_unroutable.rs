@@ -6,16 +6,12 @@
 
 use std::process::Command;
 
-use bytes::Bytes;
+mod support;
+
 use sluice_broker::amqp::{AmqpBroker, AmqpOptions};
 use sluice_broker::testing::{amqp_url, unique};
-use sluice_broker::{Broker, BrokerError, OutboundMessage};
-use sluice_proto::Envelope;
-
-fn msg(subject: &str) -> OutboundMessage {
-    let env = Envelope::with_type("shop.orders.v1.OrderConfirmed", "/t");
-    OutboundMessage::new(subject, env.to_headers(), Bytes::from_static(b"x"))
-}
+use sluice_broker::{Broker, BrokerError};
+use support::msg;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_no_queue_takes_is_reported_unroutable() {
