@@ -1,10 +1,14 @@
 //! `sluice-kit`: what every Sluice service uses on top of the Broker trait.
 //!
 //! Built so far: [`config`], typed layered configuration (defaults, a TOML
-//! file, `SLUICE_…` environment variables) with secrets that never print.
-//! The handler router, inbox, transactional outbox, retries, telemetry and
-//! graceful shutdown follow (issue 3).
+//! file, `SLUICE_…` environment variables) with secrets that never print;
+//! [`retry`], how a handler's outcome settles its delivery (ack, redeliver
+//! with exponential backoff and jitter, or dead-letter with the reason).
+//! The handler router, inbox, transactional outbox, telemetry and graceful
+//! shutdown follow (issue 3).
 
 pub mod config;
+pub mod retry;
 
 pub use config::{ConfigError, KitConfig, Secret, load};
+pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
