@@ -28,36 +28,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         url = %format!("embedded:{}", path.display()),
         "embedded broker ready; no services run yet: the reference services and REST edge are not built"
     );
-    shutdown_signal().await;
+    sluice_kit::shutdown::wait_for_signal().await;
     tracing::info!("shutting down");
     broker.close().await;
     Ok(())
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

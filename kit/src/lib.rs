@@ -3,12 +3,15 @@
 //! Built so far: [`config`], typed layered configuration (defaults, a TOML
 //! file, `SLUICE_…` environment variables) with secrets that never print;
 //! [`retry`], how a handler's outcome settles its delivery (ack, redeliver
-//! with exponential backoff and jitter, or dead-letter with the reason).
-//! The handler router, inbox, transactional outbox, telemetry and graceful
-//! shutdown follow (issue 3).
+//! with exponential backoff and jitter, or dead-letter with the reason);
+//! [`shutdown`], one graceful-shutdown signal for every task (SIGTERM or
+//! ctrl-c). The handler router, inbox, transactional outbox and telemetry
+//! follow (issue 3).
 
 pub mod config;
 pub mod retry;
+pub mod shutdown;
 
 pub use config::{ConfigError, KitConfig, Secret, load};
 pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
+pub use shutdown::{Shutdown, ShutdownListener};
