@@ -5,12 +5,14 @@
 //! [`retry`], how a handler's outcome settles its delivery (ack, redeliver
 //! with exponential backoff and jitter, or dead-letter with the reason);
 //! [`shutdown`], one graceful-shutdown signal for every task (SIGTERM or
-//! ctrl-c). The handler router, inbox, transactional outbox and telemetry
+//! ctrl-c); [`telemetry`], the process's log subscriber (pretty or JSON).
+//! The handler router, inbox, transactional outbox, metrics and OTLP export
 //! follow (issue 3).
 
 pub mod config;
 pub mod retry;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use config::{ConfigError, KitConfig, Secret, load};
 pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
