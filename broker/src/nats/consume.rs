@@ -83,8 +83,9 @@ async fn pull(c: &PullConsumer, want: usize) -> Result<pull::Batch, BrokerError>
         .map_err(backend)
 }
 
-/// Feeds one member. Two pull requests overlap: the next is sent when half of
-/// the current one has arrived, so the pipe never runs dry between batches.
+/// Feeds one member, one pull request at a time. Overlapping requests on
+/// separate inboxes would break per-subject order: the server spreads
+/// messages across a consumer's waiting requests.
 async fn pump(
     js: jetstream::Context,
     stream: Stream,
@@ -94,44 +95,33 @@ async fn pump(
     prefetch: usize,
     h: PumpHandle,
 ) {
-    let want = (prefetch / 2).max(1);
+    let want = prefetch.max(1);
     let mut backoff = Duration::from_millis(100);
     let mut open = true;
     let mut current: Option<pull::Batch> = None;
-    let mut next: Option<pull::Batch> = None;
-    let mut received = 0;
     loop {
         let closing = !open || *h.stop.borrow();
-        if closing && current.is_none() && next.is_none() {
-            break;
-        }
         if current.is_none() {
-            received = 0;
-            current = match next.take() {
-                Some(b) => Some(b),
-                None if closing => break,
-                None => match pull(&c, want).await {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
-                        pause(&h, &mut backoff).await;
-                        if let Ok(fresh) = consumer(&stream, &o).await {
-                            c = fresh;
-                        }
-                        continue;
+            if closing {
+                break;
+            }
+            match pull(&c, want).await {
+                Ok(b) => current = Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
+                    pause(&h, &mut backoff).await;
+                    if let Ok(fresh) = consumer(&stream, &o).await {
+                        c = fresh;
                     }
-                },
-            };
-        }
-        if !closing && next.is_none() && received * 2 >= want {
-            next = pull(&c, want).await.ok();
+                    continue;
+                }
+            }
         }
         let Some(batch) = current.as_mut() else {
             continue;
         };
         match batch.next().await {
             Some(Ok(m)) => {
-                received += 1;
                 backoff = Duration::from_millis(100);
                 let d = match delivery(&js, m, &group) {
                     Ok(d) => d,
@@ -142,7 +132,7 @@ async fn pump(
                 };
                 let closing = !open || *h.stop.borrow();
                 if closing {
-                    // Closing: what the outstanding requests still bring goes back.
+                    // Closing: what the outstanding request still brings goes back.
                     open = false;
                     h.hand_back(d);
                 } else if !h.deliver(d).await {
