@@ -1,19 +1,41 @@
 //! `sluice-kit`: what every Sluice service uses on top of the Broker trait.
 //!
-//! Built so far: [`config`], typed layered configuration (defaults, a TOML
-//! file, `SLUICE_…` environment variables) with secrets that never print;
-//! [`retry`], how a handler's outcome settles its delivery (ack, redeliver
-//! with exponential backoff and jitter, or dead-letter with the reason);
-//! [`shutdown`], one graceful-shutdown signal for every task (SIGTERM or
-//! ctrl-c); [`telemetry`], the process's log subscriber (pretty or JSON).
-//! The handler router, inbox, transactional outbox, metrics and OTLP export
-//! follow (issue 3).
+//! A service is a few typed handlers and a schema:
+//!
+//! - [`Reactor`] and [`Projection`] register `async fn(ctx, event: T)`
+//!   handlers by subject pattern; reactors may emit events, projections only
+//!   write their read model (and so are safe to replay);
+//! - [`Service`] runs them on a broker and database: per-key ordering with
+//!   parallelism across keys ([`consumer`]), the [`inbox`] (a redelivered
+//!   event is handled once), the transactional [`outbox`] and its relay,
+//!   retries with backoff and dead letters ([`retry`]), handler timeouts,
+//!   metrics ([`metrics`]), trace context across hops ([`trace`]) and
+//!   graceful shutdown ([`shutdown`]);
+//! - [`config`] is typed, layered configuration; [`db`] opens the service's
+//!   database (SQLite by default, PostgreSQL) and creates the kit's tables;
+//!   [`telemetry`] sets up logging.
 
 pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod handler;
+pub mod inbox;
+pub mod metrics;
+pub mod outbox;
 pub mod retry;
+pub mod router;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
+pub mod trace;
 
 pub use config::{ConfigError, KitConfig, Secret, load};
+pub use consumer::{ConsumerError, ConsumerOptions};
+pub use handler::{BatchOutcome, Ctx, Item, ProjectionCtx, caused_by};
+pub use metrics::Metrics;
+pub use outbox::{Relay, RelayOptions};
 pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
+pub use router::{Projection, Reactor};
+pub use service::{RunningService, Service};
 pub use shutdown::{Shutdown, ShutdownListener};

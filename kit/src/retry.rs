@@ -20,6 +20,27 @@ pub enum HandlerError {
     Permanent(String),
 }
 
+impl HandlerError {
+    /// A transient error from anything displayable.
+    pub fn transient(e: impl std::fmt::Display) -> Self {
+        Self::Transient(e.to_string())
+    }
+
+    /// A permanent error from anything displayable.
+    pub fn permanent(e: impl std::fmt::Display) -> Self {
+        Self::Permanent(e.to_string())
+    }
+}
+
+/// Database errors are transient: a lost connection, a lock or a conflict
+/// may pass; one that never does ends in the dead-letter subject after the
+/// last delivery, with the error as its reason.
+impl From<sea_orm::DbErr> for HandlerError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self::Transient(format!("database: {e}"))
+    }
+}
+
 /// When and how often failed messages are retried.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {

@@ -345,8 +345,7 @@ impl Inner {
             .iter()
             .cloned()
             .collect();
-        for (queue, name) in all.iter().filter(|(q, _)| *q) {
-            debug_assert!(*queue);
+        for (_, name) in all.iter().filter(|(q, _)| *q) {
             self.delete_queue(name).await?;
         }
         let ch = self.conn.create_channel().await.map_err(backend)?;
@@ -411,8 +410,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn serve(&self, subject: &str, group: &str) -> Result<Requests, BrokerError> {
-        let r = rpc::serve(self, subject, group).await?;
-        Ok(r)
+        rpc::serve(self, subject, group).await
     }
 
     async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError> {

@@ -204,9 +204,15 @@ async fn pump(
         if *h.stop.borrow() {
             break;
         }
-        // Wait for room in the window, then take as much as fits.
-        let Ok(first) = window.clone().acquire_owned().await else {
-            break;
+        // Wait for room in the window, then take as much as fits. Closing
+        // must not wait for room: the deliveries holding it may be exactly
+        // the ones the closing subscription is about to hand back.
+        let first = tokio::select! {
+            p = window.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = h.stop.changed() => continue,
         };
         let mut permits = vec![first];
         while permits.len() < prefetch.min(512) {

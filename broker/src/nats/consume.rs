@@ -60,13 +60,27 @@ pub(super) async fn subscribe(
     js: jetstream::Context,
     stream: Stream,
     o: SubscribeOptions,
+    replicas: usize,
 ) -> Result<Subscription, BrokerError> {
     let c = consumer(&stream, &o).await?;
-    let group: Arc<str> = Arc::from(o.group.as_str());
-    let prefetch = o.prefetch;
-    Ok(Subscription::spawn(prefetch, o.max_deliveries, move |h| {
-        tokio::spawn(pump(js, stream, o, c, group, prefetch, h))
-    }))
+    let ctx = Ctx {
+        js,
+        group: Arc::from(o.group.as_str()),
+        replicas,
+    };
+    Ok(Subscription::spawn(
+        o.prefetch,
+        o.max_deliveries,
+        move |h| tokio::spawn(pump(ctx, stream, o, c, h)),
+    ))
+}
+
+/// What every delivery of one subscription needs.
+struct Ctx {
+    js: jetstream::Context,
+    group: Arc<str>,
+    /// Replicas of a dead-letter stream an acker may have to create.
+    replicas: usize,
 }
 
 /// How long one pull request waits for messages. It bounds how long closing
@@ -86,15 +100,8 @@ async fn pull(c: &PullConsumer, want: usize) -> Result<pull::Batch, BrokerError>
 /// Feeds one member, one pull request at a time. Overlapping requests on
 /// separate inboxes would break per-subject order: the server spreads
 /// messages across a consumer's waiting requests.
-async fn pump(
-    js: jetstream::Context,
-    stream: Stream,
-    o: SubscribeOptions,
-    mut c: PullConsumer,
-    group: Arc<str>,
-    prefetch: usize,
-    h: PumpHandle,
-) {
+async fn pump(ctx: Ctx, stream: Stream, o: SubscribeOptions, mut c: PullConsumer, h: PumpHandle) {
+    let (group, prefetch) = (ctx.group.clone(), o.prefetch);
     let want = prefetch.max(1);
     let mut backoff = Duration::from_millis(100);
     let mut open = true;
@@ -123,7 +130,7 @@ async fn pump(
         match batch.next().await {
             Some(Ok(m)) => {
                 backoff = Duration::from_millis(100);
-                let d = match delivery(&js, m, &group) {
+                let d = match delivery(&ctx, m) {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(error = %e, "message without JetStream metadata");
@@ -161,11 +168,7 @@ async fn pause(h: &PumpHandle, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
-fn delivery(
-    js: &jetstream::Context,
-    m: jetstream::Message,
-    group: &Arc<str>,
-) -> Result<Delivery, BrokerError> {
+fn delivery(ctx: &Ctx, m: jetstream::Message) -> Result<Delivery, BrokerError> {
     let (sequence, delivered, published) = {
         let info = m.info().map_err(backend)?;
         (info.stream_sequence, info.delivered, info.published)
@@ -179,15 +182,18 @@ fn delivery(
         timestamp: Some(SystemTime::from(published)),
     };
     let acker = NatsAcker {
-        js: js.clone(),
+        js: ctx.js.clone(),
         message: m,
+        replicas: ctx.replicas,
     };
-    Ok(Delivery::new(message, group.clone(), Box::new(acker)))
+    Ok(Delivery::new(message, ctx.group.clone(), Box::new(acker)))
 }
 
 struct NatsAcker {
     js: jetstream::Context,
     message: jetstream::Message,
+    /// Replicas of a dead-letter stream this acker may have to create.
+    replicas: usize,
 }
 
 #[async_trait]
@@ -214,7 +220,9 @@ impl Acker for NatsAcker {
         let ack = match publish::publish_one(&js, dead_letter.clone()).await {
             Ok(a) => Ok(a),
             Err(_) => {
-                ensure_stream(&js, &key).await?;
+                js.get_or_create_stream(super::stream_config(&key, self.replicas))
+                    .await
+                    .map_err(backend)?;
                 publish::publish_one(&js, dead_letter).await
             }
         };
@@ -224,16 +232,4 @@ impl Acker for NatsAcker {
             .await
             .map_err(|e| BrokerError::Ack(e.to_string()))
     }
-}
-
-async fn ensure_stream(js: &jetstream::Context, key: &str) -> Result<(), BrokerError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: super::stream_name(key),
-        subjects: vec![format!("{key}.>")],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(backend)
 }

@@ -76,6 +76,17 @@ pub fn stream_name(key: &str) -> String {
     key.to_uppercase().replace('.', "~")
 }
 
+/// The configuration of the stream of `key`: file storage over `<key>.>`.
+pub(crate) fn stream_config(key: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: stream_name(key),
+        subjects: vec![format!("{key}.>")],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 pub(crate) fn backend(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Backend(e.to_string())
 }
@@ -129,13 +140,7 @@ impl NatsBroker {
         }
         let s = self
             .js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{key}.>")],
-                storage: stream::StorageType::File,
-                num_replicas: self.options.replicas,
-                ..Default::default()
-            })
+            .get_or_create_stream(stream_config(key, self.options.replicas))
             .await
             .map_err(|e| BrokerError::Backend(format!("stream {name}: {e}")))?;
         self.streams
@@ -191,7 +196,7 @@ impl Broker for NatsBroker {
         let stream = self
             .ensure_stream(subject::stream_key(&options.filter))
             .await?;
-        consume::subscribe(self.js.clone(), stream, options).await
+        consume::subscribe(self.js.clone(), stream, options, self.options.replicas).await
     }
 
     async fn request(

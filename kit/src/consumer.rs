@@ -1,0 +1,696 @@
+//! The consumer runtime: subscribes a reactor or projection to its subjects,
+//! orders work by key, runs handlers in database transactions with the inbox
+//! and outbox, and settles each delivery by its outcome.
+//!
+//! Ordering and concurrency: the key of an event is its `ce-subject` (the
+//! aggregate id), else its subject. Events of one key are handled one after
+//! another in delivery order; different keys are handled in parallel by up
+//! to [`ConsumerOptions::concurrency`] workers. At most
+//! [`ConsumerOptions::max_in_flight`] deliveries are held at once, so a slow
+//! handler slows fetching instead of filling memory.
+//!
+//! Transactions: a worker takes up to [`ConsumerOptions::max_wave`] waiting
+//! events (from the keys it claims) and handles them in one transaction —
+//! inbox entries, handler writes, outbox rows, projection checkpoint — then
+//! commits once and acks each delivery. If any handler of a wave fails, the
+//! wave is rolled back and each of its events is handled again alone, so one
+//! failure never takes the others with it. Acks happen only after commit.
+//!
+//! A transient failure is redelivered after an exponential backoff with
+//! jitter (nack with delay; later events of the same key are not held back
+//! meanwhile); a permanent one, or the last allowed delivery, is
+//! dead-lettered with the reason.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
+use sluice_broker::{Broker, BrokerError, Delivery, StartPosition, SubscribeOptions, Subscription};
+use sluice_proto::Envelope;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use crate::db::tables::checkpoint;
+use crate::handler::{FromJob, JobCtx};
+use crate::metrics::ConsumerMetrics;
+use crate::outbox::RelayWaker;
+use crate::retry::{HandlerError, RetryPolicy, Settled};
+use crate::router::{Handle, Spec};
+use crate::shutdown::ShutdownListener;
+
+/// How a consumer fetches, orders, retries and drains.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Workers handling different keys at the same time.
+    pub concurrency: usize,
+    /// Most deliveries held (queued or being handled) at once.
+    pub max_in_flight: usize,
+    /// Most events handled in one transaction (and per batch-handler call).
+    pub max_wave: usize,
+    /// How long one handler may run before it counts as a transient failure.
+    pub handler_timeout: Duration,
+    /// Backoff and the number of deliveries before dead-lettering.
+    pub retry: RetryPolicy,
+    /// Where a new consumer group starts.
+    pub start: StartPosition,
+    /// How long the broker waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Deliveries the broker client fetches ahead.
+    pub prefetch: usize,
+    /// How long shutdown waits for in-flight events to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            max_in_flight: 512,
+            max_wave: 64,
+            handler_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            start: StartPosition::Beginning,
+            ack_wait: Duration::from_secs(60),
+            prefetch: 256,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The consumer has no handlers.
+    #[error("consumer {0} has no handlers")]
+    NoRoutes(String),
+    /// Subscribing failed.
+    #[error("consumer {name} cannot subscribe to {filter}: {source}")]
+    Subscribe {
+        /// The consumer.
+        name: String,
+        /// The subject filter.
+        filter: String,
+        /// The broker's error.
+        source: BrokerError,
+    },
+}
+
+/// One delivery waiting for, or in, a worker.
+struct Job {
+    envelope: Arc<Envelope>,
+    delivery: Delivery,
+    key: Arc<str>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// An event a batch handler will get, decoded.
+type Decoded = Box<dyn std::any::Any + Send>;
+
+/// How one event ended.
+#[derive(Debug)]
+enum Outcome {
+    Handled,
+    Duplicate,
+    Ignored,
+    Failed(HandlerError),
+}
+
+/// Everything a consumer's tasks share.
+pub(crate) struct Runtime<S, C> {
+    spec: Spec<S, C>,
+    db: DatabaseConnection,
+    source: Arc<str>,
+    waker: Option<RelayWaker>,
+    projection: bool,
+    metrics: ConsumerMetrics,
+    broker_kind: &'static str,
+}
+
+impl<S, C> Runtime<S, C>
+where
+    S: Send + Sync + 'static,
+    C: FromJob<S>,
+{
+    pub(crate) fn new(
+        spec: Spec<S, C>,
+        db: DatabaseConnection,
+        source: &str,
+        waker: Option<RelayWaker>,
+        projection: bool,
+        metrics: ConsumerMetrics,
+        broker_kind: &'static str,
+    ) -> Self {
+        Self {
+            spec,
+            db,
+            source: Arc::from(source),
+            waker,
+            projection,
+            metrics,
+            broker_kind,
+        }
+    }
+
+    /// Subscribes to every filter of the consumer, then handles deliveries
+    /// in a task until `shutdown`, drains in-flight events and hands back
+    /// what was fetched but not started. Returns once subscribed.
+    ///
+    /// # Errors
+    /// The consumer has no handlers, or a subscription failed.
+    pub(crate) async fn start(
+        self: Arc<Self>,
+        broker: &dyn Broker,
+        shutdown: ShutdownListener,
+    ) -> Result<tokio::task::JoinHandle<()>, ConsumerError> {
+        let filters = self.spec.filters();
+        if filters.is_empty() {
+            return Err(ConsumerError::NoRoutes(self.spec.name.clone()));
+        }
+        let o = &self.spec.options;
+        let mut subs = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let options = SubscribeOptions::new(self.spec.name.clone(), filter.clone())
+                .start(o.start)
+                .ack_wait(o.ack_wait)
+                // The kit's retry policy dead-letters with the last error on
+                // the last allowed delivery; the broker's limit is a backstop
+                // for deliveries that never reach a handler (crashes).
+                .max_deliveries(o.retry.max_deliveries.saturating_add(1))
+                .prefetch(o.prefetch);
+            let sub =
+                broker
+                    .subscribe(options)
+                    .await
+                    .map_err(|source| ConsumerError::Subscribe {
+                        name: self.spec.name.clone(),
+                        filter,
+                        source,
+                    })?;
+            subs.push(sub);
+        }
+        Ok(tokio::spawn(self.serve(subs, shutdown)))
+    }
+
+    async fn serve(self: Arc<Self>, subs: Vec<Subscription>, shutdown: ShutdownListener) {
+        let o = &self.spec.options;
+        let sched = Arc::new(Sched::default());
+        let window = Arc::new(Semaphore::new(o.max_in_flight.max(1)));
+        // Join sets: if this task is aborted (a simulated crash), its
+        // workers and dispatchers go with it.
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..o.concurrency.max(1) {
+            workers.spawn(self.clone().work(sched.clone()));
+        }
+        let mut dispatchers = tokio::task::JoinSet::new();
+        for sub in subs {
+            dispatchers.spawn(dispatch(
+                sub,
+                sched.clone(),
+                window.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let mut subs = Vec::new();
+        while let Some(r) = dispatchers.join_next().await {
+            if let Ok(sub) = r {
+                subs.push(sub);
+            }
+        }
+        tracing::debug!(consumer = %self.spec.name, pending = sched.pending(), "fetching stopped; draining");
+        // Fetching stopped: let the workers finish what they hold.
+        if tokio::time::timeout(o.drain_timeout, sched.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                consumer = %self.spec.name,
+                left = sched.pending(),
+                "in-flight events did not finish within {:?}; they will be redelivered",
+                o.drain_timeout
+            );
+        }
+        sched.close();
+        if tokio::time::timeout(Duration::from_secs(1), async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            workers.abort_all();
+        }
+        tracing::debug!(consumer = %self.spec.name, "workers stopped; handing back the rest");
+        for sub in subs {
+            sub.close().await;
+        }
+        tracing::info!(consumer = %self.spec.name, "consumer stopped");
+    }
+
+    /// A worker: takes waves of events until the scheduler closes.
+    async fn work(self: Arc<Self>, sched: Arc<Sched>) {
+        loop {
+            let notified = sched.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (keys, jobs) = sched.take(self.spec.options.max_wave.max(1));
+            if jobs.is_empty() {
+                if sched.is_closed() {
+                    return;
+                }
+                notified.await;
+                continue;
+            }
+            let n = jobs.len();
+            let outcomes = self.process(&jobs).await;
+            let settles = jobs
+                .into_iter()
+                .zip(outcomes)
+                .map(|(job, outcome)| self.settle(job, outcome));
+            futures::future::join_all(settles).await;
+            sched.release(keys, n);
+        }
+    }
+
+    async fn settle(&self, job: Job, outcome: Outcome) {
+        let subject = job.delivery.message.subject.clone();
+        let labels = self.metrics.labels(&subject);
+        let result = match outcome {
+            Outcome::Handled => {
+                labels.handled();
+                job.delivery.ack().await.map(|()| Settled::Acked)
+            }
+            Outcome::Duplicate => {
+                labels.duplicate();
+                job.delivery.ack().await.map(|()| Settled::Acked)
+            }
+            Outcome::Ignored => job.delivery.ack().await.map(|()| Settled::Acked),
+            Outcome::Failed(e) => {
+                labels.failed();
+                self.spec.options.retry.settle(job.delivery, Err(e)).await
+            }
+        };
+        match result {
+            Ok(Settled::Retried(_)) => labels.retried(),
+            Ok(Settled::DeadLettered(_)) => labels.dead_lettered(),
+            Ok(Settled::Acked) => {}
+            Err(e) => tracing::warn!(
+                consumer = %self.spec.name,
+                %subject,
+                error = %e,
+                "could not settle a delivery; the broker will deliver it again"
+            ),
+        }
+    }
+
+    /// Handles `jobs` in one transaction; on any failure, each alone.
+    async fn process(&self, jobs: &[Job]) -> Vec<Outcome> {
+        match self.attempt(jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if jobs.len() == 1 => vec![Outcome::Failed(e)],
+            Err(_) => {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let one = std::slice::from_ref(job);
+                    match self.attempt(one).await {
+                        Ok(mut o) => outcomes.push(o.pop().unwrap_or(Outcome::Handled)),
+                        Err(e) => outcomes.push(Outcome::Failed(e)),
+                    }
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// One transaction over `jobs`; `Err` when anything failed (rolled back).
+    async fn attempt(&self, jobs: &[Job]) -> Result<Vec<Outcome>, HandlerError> {
+        let txn = Arc::new(self.db.begin().await.map_err(db_error)?);
+        let result = self.run_in(&txn, jobs).await;
+        match result {
+            Ok((outcomes, emitted)) => {
+                let txn = Arc::try_unwrap(txn).map_err(|_| {
+                    HandlerError::Transient(
+                        "a handler kept its context after returning; its transaction cannot commit"
+                            .into(),
+                    )
+                })?;
+                txn.commit().await.map_err(db_error)?;
+                if emitted > 0
+                    && let Some(w) = &self.waker
+                {
+                    w.wake();
+                }
+                Ok(outcomes)
+            }
+            Err(e) => {
+                if let Ok(txn) = Arc::try_unwrap(txn) {
+                    let _ = txn.rollback().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the handlers of `jobs` inside `txn`; returns the outcomes and
+    /// how many events were written to the outbox.
+    async fn run_in(
+        &self,
+        txn: &Arc<DatabaseTransaction>,
+        jobs: &[Job],
+    ) -> Result<(Vec<Outcome>, usize), HandlerError> {
+        let name = &self.spec.name;
+        let mut fresh =
+            crate::inbox::record(&**txn, name, jobs.iter().map(|j| j.envelope.id.as_str()))
+                .await
+                .map_err(db_error)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut emitted = Vec::new();
+        // Batch routes: route index -> (job index, decoded item).
+        let mut batches: Vec<(usize, Vec<(usize, Decoded)>)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            // `remove`: a second delivery of one id within a wave is a duplicate.
+            if !fresh.remove(job.envelope.id.as_str()) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let message = &job.delivery.message;
+            let Some(r) = self.spec.route(&message.subject) else {
+                outcomes.push(Outcome::Ignored);
+                continue;
+            };
+            self.metrics.labels(&message.subject).received();
+            match &self.spec.routes[r].handle {
+                Handle::Single(h) => {
+                    let job_ctx = self.job_ctx(txn, job);
+                    let out = job_ctx.emitted.clone();
+                    let span = self.span(job);
+                    let started = Instant::now();
+                    let fut = h.start(C::from_job(job_ctx), message)?;
+                    let r = guard(fut, self.spec.options.handler_timeout)
+                        .instrument(span)
+                        .await;
+                    self.metrics
+                        .labels(&message.subject)
+                        .observe(started.elapsed());
+                    r?;
+                    emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
+                    outcomes.push(Outcome::Handled);
+                }
+                Handle::Batch(b) => match b.decode(&job.envelope, message) {
+                    Ok(item) => {
+                        match batches.iter_mut().find(|(route, _)| *route == r) {
+                            Some((_, items)) => items.push((i, item)),
+                            None => batches.push((r, vec![(i, item)])),
+                        }
+                        outcomes.push(Outcome::Handled);
+                    }
+                    Err(e) => {
+                        // Poison: dead-letter it, commit the rest.
+                        crate::inbox::forget(&**txn, name, &job.envelope.id)
+                            .await
+                            .map_err(db_error)?;
+                        outcomes.push(Outcome::Failed(e));
+                    }
+                },
+            }
+        }
+        for (r, items) in batches {
+            let Handle::Batch(b) = &self.spec.routes[r].handle else {
+                continue;
+            };
+            let (indexes, items): (Vec<usize>, Vec<_>) = items.into_iter().unzip();
+            let Some(first) = indexes.first().map(|i| &jobs[*i]) else {
+                continue;
+            };
+            let job_ctx = self.job_ctx(txn, first);
+            let out = job_ctx.emitted.clone();
+            let started = Instant::now();
+            let fut = b.start(C::from_job(job_ctx), items);
+            let outcome = guard(fut, self.spec.options.handler_timeout)
+                .instrument(self.span(first))
+                .await?;
+            self.metrics
+                .labels(&first.delivery.message.subject)
+                .observe(started.elapsed());
+            for (k, error) in outcome.failed {
+                let Some(&i) = indexes.get(k) else { continue };
+                crate::inbox::forget(&**txn, name, &jobs[i].envelope.id)
+                    .await
+                    .map_err(db_error)?;
+                outcomes[i] = Outcome::Failed(error);
+            }
+            emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        crate::outbox::append(&**txn, &emitted)
+            .await
+            .map_err(db_error)?;
+        if self.projection {
+            self.checkpoint(txn, jobs, &outcomes).await?;
+        }
+        Ok((outcomes, emitted.len()))
+    }
+
+    /// Advances the projection's checkpoint by the events it applied.
+    async fn checkpoint(
+        &self,
+        txn: &DatabaseTransaction,
+        jobs: &[Job],
+        outcomes: &[Outcome],
+    ) -> Result<(), HandlerError> {
+        let applied = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Handled))
+            .count();
+        let position = jobs
+            .iter()
+            .filter_map(|j| j.delivery.message.sequence)
+            .max()
+            .and_then(|s| i64::try_from(s).ok());
+        let row = checkpoint::ActiveModel {
+            consumer: Set(self.spec.name.clone()),
+            position: Set(position),
+            events: Set(i64::try_from(applied).unwrap_or(i64::MAX)),
+            updated_at: Set(crate::db::now_micros()),
+        };
+        let mut on_conflict = OnConflict::column(checkpoint::Column::Consumer);
+        on_conflict
+            .value(
+                checkpoint::Column::Events,
+                Expr::col((checkpoint::Entity, checkpoint::Column::Events))
+                    .add(i64::try_from(applied).unwrap_or(i64::MAX)),
+            )
+            .update_column(checkpoint::Column::UpdatedAt);
+        if position.is_some() {
+            on_conflict.update_column(checkpoint::Column::Position);
+        }
+        checkpoint::Entity::insert(row)
+            .on_conflict(on_conflict)
+            .exec_without_returning(txn)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn job_ctx(&self, txn: &Arc<DatabaseTransaction>, job: &Job) -> JobCtx<S> {
+        let m = &job.delivery.message;
+        JobCtx {
+            txn: txn.clone(),
+            envelope: job.envelope.clone(),
+            subject: Arc::from(m.subject.as_str()),
+            sequence: m.sequence,
+            delivered: m.delivered,
+            state: self.spec.state.clone(),
+            source: self.source.clone(),
+            emitted: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The span of handling one event, continuing the producer's trace.
+    fn span(&self, job: &Job) -> tracing::Span {
+        let m = &job.delivery.message;
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", m.subject),
+            otel.kind = "consumer",
+            messaging.system = self.broker_kind,
+            messaging.operation.type = "process",
+            messaging.destination.name = %m.subject,
+            messaging.message.id = %job.envelope.id,
+            messaging.consumer.group.name = %self.spec.name,
+            sluice.delivery = m.delivered,
+        );
+        crate::trace::set_parent(&span, &m.headers);
+        span
+    }
+}
+
+/// Runs a handler future with a timeout, turning a panic into a transient
+/// error (it is retried, then dead-lettered) instead of killing the worker.
+async fn guard<T>(
+    fut: impl std::future::Future<Output = Result<T, HandlerError>>,
+    timeout: Duration,
+) -> Result<T, HandlerError> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(HandlerError::Transient(format!("handler panicked: {what}")))
+        }
+        Err(_) => Err(HandlerError::Transient(format!(
+            "handler timed out after {timeout:?}"
+        ))),
+    }
+}
+
+fn db_error(e: sea_orm::DbErr) -> HandlerError {
+    HandlerError::Transient(format!("database: {e}"))
+}
+
+/// Feeds one subscription's deliveries to the scheduler until shutdown;
+/// returns the subscription for closing once in-flight work is done.
+async fn dispatch(
+    mut sub: Subscription,
+    sched: Arc<Sched>,
+    window: Arc<Semaphore>,
+    mut stop: ShutdownListener,
+) -> Subscription {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = stop.wait() => break,
+            p = window.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let item = tokio::select! {
+            biased;
+            () = stop.wait() => break,
+            item = sub.next_valid() => item,
+        };
+        match item {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "subscription error; the backend keeps trying");
+            }
+            Some(Ok((envelope, delivery))) => {
+                let key: Arc<str> = Arc::from(
+                    envelope
+                        .subject
+                        .as_deref()
+                        .unwrap_or(delivery.message.subject.as_str()),
+                );
+                sched.push(Job {
+                    envelope: Arc::new(envelope),
+                    delivery,
+                    key,
+                    _permit: permit,
+                });
+            }
+        }
+    }
+    sub
+}
+
+/// Per-key queues: a key is handled by at most one worker at a time.
+#[derive(Default)]
+struct Sched {
+    state: Mutex<SchedState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct SchedState {
+    queues: HashMap<Arc<str>, VecDeque<Job>>,
+    busy: HashSet<Arc<str>>,
+    ready: VecDeque<Arc<str>>,
+    pending: usize,
+    closed: bool,
+}
+
+impl Sched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SchedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        let mut s = self.lock();
+        s.pending += 1;
+        let key = job.key.clone();
+        let queue = s.queues.entry(key.clone()).or_default();
+        queue.push_back(job);
+        let first = queue.len() == 1;
+        if first && !s.busy.contains(&key) {
+            s.ready.push_back(key);
+        }
+        drop(s);
+        self.wake.notify_waiters();
+    }
+
+    /// Claims ready keys and takes up to `max` of their events, in order.
+    fn take(&self, max: usize) -> (Vec<Arc<str>>, Vec<Job>) {
+        let mut s = self.lock();
+        let mut keys = Vec::new();
+        let mut jobs = Vec::new();
+        while jobs.len() < max {
+            let Some(key) = s.ready.pop_front() else {
+                break;
+            };
+            let mut emptied = false;
+            if let Some(queue) = s.queues.get_mut(&key) {
+                while jobs.len() < max {
+                    match queue.pop_front() {
+                        Some(j) => jobs.push(j),
+                        None => break,
+                    }
+                }
+                emptied = queue.is_empty();
+            }
+            if emptied {
+                s.queues.remove(&key);
+            }
+            s.busy.insert(key.clone());
+            keys.push(key);
+        }
+        (keys, jobs)
+    }
+
+    /// Gives back claimed keys after `n` events were settled.
+    fn release(&self, keys: Vec<Arc<str>>, n: usize) {
+        let mut s = self.lock();
+        s.pending = s.pending.saturating_sub(n);
+        for key in keys {
+            s.busy.remove(&key);
+            if s.queues.get(&key).is_some_and(|q| !q.is_empty()) {
+                s.ready.push_back(key);
+            }
+        }
+        drop(s);
+        self.wake.notify_waiters();
+    }
+
+    fn pending(&self) -> usize {
+        self.lock().pending
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_waiters();
+    }
+
+    async fn drained(&self) {
+        while self.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The service's own database: connecting (SQLite file by default, PostgreSQL
+//! via `DATABASE_URL`) and the kit's tables — the inbox, the outbox and the
+//! projection checkpoints — created by the kit's own migrator.
+//!
+//! The kit's migrations are recorded in their own table
+//! (`sluice_kit_migrations`), so a service's sea-orm-migration `Migrator` never
+//! sees them and both evolve independently.
+
+mod migration;
+pub mod tables;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+pub use migration::KitMigrator;
+
+/// Why the database could not be opened or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `sqlite:` nor `postgres:`.
+    #[error("unsupported database URL scheme in {0:?} (use sqlite:… or postgres://…)")]
+    Scheme(String),
+    /// The folder of a SQLite file could not be created.
+    #[error("cannot create the folder of {path}: {reason}")]
+    Folder {
+        /// The database file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(DbErr),
+    /// The kit's migrations failed.
+    #[error("cannot migrate the kit's tables: {0}")]
+    Migrate(DbErr),
+}
+
+/// Opens the database at `url` and creates or upgrades the kit's tables.
+///
+/// `sqlite:path?mode=rwc` files are opened in WAL mode with `synchronous =
+/// NORMAL` (a crash of the process loses nothing; a power loss may lose the
+/// last commits) and one connection, since SQLite has one writer;
+/// `sqlite::memory:` is a private in-memory database; `postgres://…` gets a
+/// pool of `pool_size` connections.
+///
+/// # Errors
+/// The URL is not supported, the database is unreachable, or migrating failed.
+pub async fn open(url: &str, pool_size: u32) -> Result<DatabaseConnection, DbError> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(30));
+    if url.starts_with("sqlite:") {
+        ensure_folder(url)?;
+        options.max_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        options.max_connections(pool_size.max(1));
+    } else {
+        return Err(DbError::Scheme(redact(url)));
+    }
+    let db = Database::connect(options).await.map_err(DbError::Connect)?;
+    KitMigrator::up(&db, None).await.map_err(DbError::Migrate)?;
+    Ok(db)
+}
+
+/// Creates the folder of a SQLite file URL (`sqlite:data/x.db?mode=rwc`).
+fn ensure_folder(url: &str) -> Result<(), DbError> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(());
+    }
+    match std::path::Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Folder {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) if auth.contains(':') => {
+            let user = auth.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether `db` is PostgreSQL (where the relay takes an advisory lock).
+pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
+
+/// Microseconds since the Unix epoch, the kit's timestamp column type.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
+        assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}

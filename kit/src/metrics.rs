@@ -1,0 +1,242 @@
+//! Metrics in Prometheus format: per subject and consumer group, events
+//! received, handled, failed, retried and dead-lettered, handler latency;
+//! and each service's outbox backlog.
+//!
+//! One [`Metrics`] per process (shared by every service `sluice up` runs),
+//! rendered by [`Metrics::render`] for a `/metrics` endpoint.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of per-subscription metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabels {
+    /// The event's subject.
+    pub subject: String,
+    /// The consumer group.
+    pub group: String,
+}
+
+/// Labels of per-service metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service.
+    pub service: String,
+}
+
+#[derive(Clone)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 100 µs to ~6.5 s.
+        Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+    }
+}
+
+/// The process's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    received: Family<SubjectLabels, Counter>,
+    handled: Family<SubjectLabels, Counter>,
+    failed: Family<SubjectLabels, Counter>,
+    retried: Family<SubjectLabels, Counter>,
+    dead_lettered: Family<SubjectLabels, Counter>,
+    duplicates: Family<SubjectLabels, Counter>,
+    duration: Family<SubjectLabels, Histogram, LatencyBuckets>,
+    outbox_backlog: Family<ServiceLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with the kit's metrics, all prefixed `sluice_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Self {
+            registry: Arc::new(Mutex::new(Registry::default())),
+            received: Family::default(),
+            handled: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            duplicates: Family::default(),
+            duration: Family::new_with_constructor(LatencyBuckets),
+            outbox_backlog: Family::default(),
+        };
+        registry.register(
+            "consumer_received",
+            "Events received by a consumer group's handlers",
+            m.received.clone(),
+        );
+        registry.register(
+            "consumer_handled",
+            "Events handled successfully (committed and acked)",
+            m.handled.clone(),
+        );
+        registry.register(
+            "consumer_failed",
+            "Handler failures (each failed delivery counts)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "consumer_retried",
+            "Deliveries handed back for redelivery after a backoff",
+            m.retried.clone(),
+        );
+        registry.register(
+            "consumer_dead_lettered",
+            "Events moved to the dead-letter subject",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "consumer_duplicates",
+            "Redelivered events the inbox had already seen (acked, not handled again)",
+            m.duplicates.clone(),
+        );
+        registry.register_with_unit(
+            "handler_duration",
+            "Time spent in a handler",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows waiting to be published",
+            m.outbox_backlog.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        m
+    }
+
+    /// The metrics of consumer group `group`.
+    pub fn consumer(&self, group: &str) -> ConsumerMetrics {
+        ConsumerMetrics {
+            metrics: self.clone(),
+            group: group.to_owned(),
+        }
+    }
+
+    /// The counters of consumer group `group` for `subject`.
+    pub fn counts(&self, group: &str, subject: &str) -> ConsumerCounts {
+        let labels = SubjectLabels {
+            subject: subject.to_owned(),
+            group: group.to_owned(),
+        };
+        let get = |f: &Family<SubjectLabels, Counter>| f.get(&labels).map_or(0, |c| c.get());
+        ConsumerCounts {
+            received: get(&self.received),
+            handled: get(&self.handled),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            duplicates: get(&self.duplicates),
+        }
+    }
+
+    /// Sets the outbox backlog of `service`.
+    pub fn set_outbox_backlog(&self, service: &str, rows: u64) {
+        self.outbox_backlog
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
+
+    /// The metrics in the OpenMetrics text format (which Prometheus reads).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The counters of one consumer group and subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerCounts {
+    /// Events that reached a handler.
+    pub received: u64,
+    /// Events handled and acked.
+    pub handled: u64,
+    /// Failed deliveries.
+    pub failed: u64,
+    /// Deliveries retried after a backoff.
+    pub retried: u64,
+    /// Events dead-lettered.
+    pub dead_lettered: u64,
+    /// Redelivered duplicates acked without handling.
+    pub duplicates: u64,
+}
+
+/// One consumer group's view of the metrics.
+#[derive(Clone, Debug)]
+pub struct ConsumerMetrics {
+    metrics: Metrics,
+    group: String,
+}
+
+impl ConsumerMetrics {
+    /// The counters of one subject.
+    pub(crate) fn labels(&self, subject: &str) -> SubjectMetrics<'_> {
+        SubjectMetrics {
+            m: &self.metrics,
+            labels: SubjectLabels {
+                subject: subject.to_owned(),
+                group: self.group.clone(),
+            },
+        }
+    }
+}
+
+/// Counters of one subject and group.
+pub(crate) struct SubjectMetrics<'a> {
+    m: &'a Metrics,
+    labels: SubjectLabels,
+}
+
+impl SubjectMetrics<'_> {
+    pub(crate) fn received(&self) {
+        self.m.received.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn handled(&self) {
+        self.m.handled.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn failed(&self) {
+        self.m.failed.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn retried(&self) {
+        self.m.retried.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn duplicate(&self) {
+        self.m.duplicates.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn dead_lettered(&self) {
+        self.m.dead_lettered.get_or_create(&self.labels).inc();
+    }
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        self.m
+            .duration
+            .get_or_create(&self.labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}

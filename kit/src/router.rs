@@ -1,0 +1,174 @@
+//! The two kinds of consumer, as distinct types.
+//!
+//! - A [`Reactor`] causes side effects: its handlers get a [`Ctx`] that can
+//!   emit events (through the outbox) and whose state may send e-mails or
+//!   charge cards. It is never run during a replay.
+//! - A [`Projection`] builds a read model: its handlers get a
+//!   [`ProjectionCtx`], which only offers the transaction for the
+//!   projection's own tables. Only projections can be replayed
+//!   ([`Projection::replay`] exists, `Reactor` has no such method), so the
+//!   type system keeps side effects out of replays.
+//!
+//! Both register typed handlers by subject pattern (NATS wildcards:
+//! `orders.order.*`, `orders.>`). An event matching no pattern is acked and
+//! ignored; one matching a pattern whose handler takes another type, or whose
+//! payload does not decode, is dead-lettered with the reason.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::consumer::ConsumerOptions;
+use crate::handler::{Batch, BatchFn, BatchOutcome, Ctx, Item, ProjectionCtx, Single, SingleFn};
+use crate::retry::HandlerError;
+
+/// How one route handles its events.
+pub(crate) enum Handle<C> {
+    Single(Box<dyn Single<C>>),
+    Batch(Box<dyn Batch<C>>),
+}
+
+/// A subject pattern and its handler.
+pub(crate) struct Route<C> {
+    pub(crate) pattern: String,
+    pub(crate) handle: Handle<C>,
+}
+
+/// What both consumer kinds are made of.
+pub(crate) struct Spec<S, C> {
+    pub(crate) name: String,
+    pub(crate) state: Arc<S>,
+    pub(crate) routes: Vec<Route<C>>,
+    pub(crate) options: ConsumerOptions,
+}
+
+impl<S, C> Spec<S, C> {
+    fn new(name: impl Into<String>, state: S) -> Self {
+        Self {
+            name: name.into(),
+            state: Arc::new(state),
+            routes: Vec::new(),
+            options: ConsumerOptions::default(),
+        }
+    }
+
+    /// The index of the first route whose pattern matches `subject`.
+    pub(crate) fn route(&self, subject: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| sluice_broker::subject::matches(&r.pattern, subject))
+    }
+
+    /// One subscription filter per domain the routes cover: the pattern
+    /// itself when a domain has one route, `<domain>.>` otherwise.
+    pub(crate) fn filters(&self) -> Vec<String> {
+        let mut by_domain: Vec<(String, Vec<&str>)> = Vec::new();
+        for r in &self.routes {
+            let domain = r.pattern.split('.').next().unwrap_or_default().to_owned();
+            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, ps)) => ps.push(&r.pattern),
+                None => by_domain.push((domain, vec![&r.pattern])),
+            }
+        }
+        by_domain
+            .into_iter()
+            .map(|(d, ps)| match ps.as_slice() {
+                [one] => (*one).to_owned(),
+                _ => format!("{d}.>"),
+            })
+            .collect()
+    }
+}
+
+macro_rules! builder {
+    ($ty:ident, $ctx:ident) => {
+        impl<S: Send + Sync + 'static> $ty<S> {
+            /// A consumer named `name` (its durable consumer group and inbox
+            /// name) over the service state `state`.
+            pub fn new(name: impl Into<String>, state: S) -> Self {
+                Self(Spec::new(name, state))
+            }
+
+            /// Handles events of type `T` on subjects matching `pattern` with
+            /// `handler`, `async fn(ctx, event: T) -> Result<(), HandlerError>`.
+            #[must_use]
+            pub fn on<T, F, Fut>(mut self, pattern: &str, handler: F) -> Self
+            where
+                T: prost::Message + prost::Name + Default + 'static,
+                F: Fn($ctx<S>, T) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+            {
+                self.0.routes.push(Route {
+                    pattern: pattern.to_owned(),
+                    handle: Handle::Single(Box::new(SingleFn {
+                        f: handler,
+                        _t: PhantomData::<fn() -> T>,
+                    })),
+                });
+                self
+            }
+
+            /// Handles events of type `T` on `pattern` in batches of up to
+            /// [`ConsumerOptions::max_wave`] events, in one transaction:
+            /// `async fn(ctx, events: Vec<Item<T>>) -> Result<BatchOutcome, HandlerError>`.
+            /// An event that does not decode is dead-lettered and left out;
+            /// events the outcome marks failed are settled alone; an `Err`
+            /// retries every event of the batch on its own.
+            #[must_use]
+            pub fn on_batch<T, F, Fut>(mut self, pattern: &str, handler: F) -> Self
+            where
+                T: prost::Message + prost::Name + Default + 'static,
+                F: Fn($ctx<S>, Vec<Item<T>>) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<BatchOutcome, HandlerError>> + Send + 'static,
+            {
+                self.0.routes.push(Route {
+                    pattern: pattern.to_owned(),
+                    handle: Handle::Batch(Box::new(BatchFn {
+                        f: handler,
+                        _t: PhantomData::<fn() -> T>,
+                    })),
+                });
+                self
+            }
+
+            /// Sets how deliveries are consumed, retried and ordered.
+            #[must_use]
+            pub fn options(mut self, options: ConsumerOptions) -> Self {
+                self.0.options = options;
+                self
+            }
+
+            /// The consumer's name.
+            pub fn name(&self) -> &str {
+                &self.0.name
+            }
+        }
+    };
+}
+
+/// A consumer with side effects: its handlers get a [`Ctx`] and may emit
+/// events. Never replayed.
+pub struct Reactor<S>(pub(crate) Spec<S, Ctx<S>>);
+
+/// A replay-safe consumer that only writes its own read-model tables: its
+/// handlers get a [`ProjectionCtx`]. Rebuildable from the beginning of the log.
+pub struct Projection<S>(pub(crate) Spec<S, ProjectionCtx<S>>);
+
+builder!(Reactor, Ctx);
+builder!(Projection, ProjectionCtx);
+
+impl<S> std::fmt::Debug for Reactor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("name", &self.0.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for Projection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("name", &self.0.name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,437 @@
+//! The test harness: a service's tests run its handlers against the embedded
+//! broker and SQLite in milliseconds, and the same test bodies against NATS,
+//! RabbitMQ and PostgreSQL in the integration suite.
+//!
+//! Every broker and database made here is unique to one test (a random
+//! domain, exchange or database name) and removed by `cleanup`. Backends are
+//! never skipped: a missing server is a panic saying how to provide it
+//! (`scripts/test.sh` provisions everything).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sluice_broker::testing::unique;
+use sluice_broker::{
+    Acker, Broker, BrokerError, BrokerKind, Delivery, InboundMessage, OutboundMessage, PublishAck,
+    Requests, SubscribeOptions, Subscription, dead_letter,
+};
+
+pub use sluice_broker::testing::{NatsServer, amqp_url, unique as unique_name};
+
+/// Which broker a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerBackend {
+    /// The embedded SQLite log in a temporary folder.
+    Embedded,
+    /// A `nats-server` started for the test on a free port.
+    Nats,
+    /// The local RabbitMQ (`SLUICE_TEST_AMQP_URL`), with a unique exchange.
+    Amqp,
+}
+
+/// A broker for one test, with a domain (first subject token) of its own.
+pub struct TestBroker {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// The test's domain.
+    pub domain: String,
+    amqp: Option<Arc<sluice_broker::amqp::AmqpBroker>>,
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for TestBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBroker")
+            .field("kind", &self.broker.kind())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestBroker {
+    /// Starts (or connects to) a broker of `backend`.
+    ///
+    /// # Panics
+    /// When the backend's server cannot be reached or started.
+    pub async fn start(backend: BrokerBackend) -> Self {
+        let domain = unique("kt");
+        match backend {
+            BrokerBackend::Embedded => {
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+                let broker = sluice_broker::embedded::EmbeddedBroker::open(
+                    &dir.path().join("log.db"),
+                    Default::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("open the embedded log: {e}"));
+                Self {
+                    broker: Arc::new(broker),
+                    domain,
+                    amqp: None,
+                    _guard: Box::new(dir),
+                }
+            }
+            BrokerBackend::Nats => {
+                let server = NatsServer::start();
+                let broker =
+                    sluice_broker::nats::NatsBroker::connect(&server.url(), Default::default())
+                        .await
+                        .unwrap_or_else(|e| panic!("connect to the test nats-server: {e}"));
+                Self {
+                    broker: Arc::new(broker),
+                    domain,
+                    amqp: None,
+                    _guard: Box::new(server),
+                }
+            }
+            BrokerBackend::Amqp => {
+                let url = amqp_url();
+                let options = sluice_broker::amqp::AmqpOptions::for_tests(&unique("sluice-test-"));
+                let broker = Arc::new(
+                    sluice_broker::amqp::AmqpBroker::connect(&url, options)
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!("RabbitMQ at {url} is required (run scripts/test.sh): {e}")
+                        }),
+                );
+                Self {
+                    broker: broker.clone(),
+                    domain,
+                    amqp: Some(broker),
+                    _guard: Box::new(()),
+                }
+            }
+        }
+    }
+
+    /// `<domain>.<rest>`.
+    pub fn subject(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.domain)
+    }
+
+    /// Deletes the test's streams, queues and exchange, and closes the broker.
+    ///
+    /// # Panics
+    /// When the broker refuses.
+    pub async fn cleanup(self) {
+        // Also removes the domain's dead letters.
+        if let Err(e) = self.broker.delete_domain(&self.domain).await {
+            panic!("cleanup of {} failed: {e}", self.domain);
+        }
+        if let Some(amqp) = &self.amqp {
+            amqp.delete_topology()
+                .await
+                .unwrap_or_else(|e| panic!("delete the test exchange and queues: {e}"));
+        }
+        self.broker.close().await;
+    }
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbBackend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh database on the local PostgreSQL (`SLUICE_TEST_DATABASE_URL`).
+    Postgres,
+}
+
+/// The PostgreSQL server tests use: `SLUICE_TEST_DATABASE_URL`, else the
+/// local one as user postgres.
+pub fn postgres_url() -> String {
+    std::env::var("SLUICE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database for one test, with the kit's tables.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The open connection (pool).
+    pub db: DatabaseConnection,
+    /// Its URL, to open it again (a restarted service).
+    pub url: String,
+    postgres: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh database of `backend`.
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be reached.
+    pub async fn start(backend: DbBackend) -> Self {
+        match backend {
+            DbBackend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("service.db").display()
+                );
+                let db = crate::db::open(&url, 1)
+                    .await
+                    .unwrap_or_else(|e| panic!("open {url}: {e}"));
+                Self {
+                    db,
+                    url,
+                    postgres: None,
+                    _dir: Some(dir),
+                }
+            }
+            DbBackend::Postgres => {
+                let admin = postgres_url();
+                let name = unique("sluice_test_");
+                let conn = sea_orm::Database::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL at {} is required (run scripts/test.sh): {e}",
+                            crate::db::redact(&admin)
+                        )
+                    });
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+                let _ = conn.close().await;
+                let url = with_database(&admin, &name);
+                let db = crate::db::open(&url, 8)
+                    .await
+                    .unwrap_or_else(|e| panic!("open {name}: {e}"));
+                Self {
+                    db,
+                    url,
+                    postgres: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// Opens the same database again (as a restarted process would).
+    ///
+    /// # Panics
+    /// When it cannot be opened.
+    pub async fn reopen(&self) -> DatabaseConnection {
+        crate::db::open(&self.url, 8)
+            .await
+            .unwrap_or_else(|e| panic!("reopen {}: {e}", crate::db::redact(&self.url)))
+    }
+
+    /// Closes the connection and drops a PostgreSQL test database.
+    pub async fn cleanup(self) {
+        let _ = self.db.close().await;
+        if let Some(name) = self.postgres
+            && let Ok(conn) = sea_orm::Database::connect(&postgres_url()).await
+        {
+            let _ = conn
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// `url` (a PostgreSQL URL) pointing at database `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// A broker wrapper that injects faults: lost acks (the broker redelivers
+/// after the ack wait, as after a crash between commit and ack) and a
+/// publish that hangs after the broker accepted it (a relay killed between
+/// publish and marking rows sent).
+pub struct FaultyBroker {
+    inner: Arc<dyn Broker>,
+    lose_acks: Arc<AtomicBool>,
+    hang_after_publish: AtomicBool,
+}
+
+impl std::fmt::Debug for FaultyBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyBroker").finish_non_exhaustive()
+    }
+}
+
+impl FaultyBroker {
+    /// Wraps `inner`; no fault is on.
+    pub fn new(inner: Arc<dyn Broker>) -> Self {
+        Self {
+            inner,
+            lose_acks: Arc::new(AtomicBool::new(false)),
+            hang_after_publish: AtomicBool::new(false),
+        }
+    }
+
+    /// While on, acks are dropped instead of sent.
+    pub fn lose_acks(&self, on: bool) {
+        self.lose_acks.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, publishes reach the broker and then never return.
+    pub fn hang_after_publish(&self, on: bool) {
+        self.hang_after_publish.store(on, Ordering::SeqCst);
+    }
+
+    async fn maybe_hang(&self) {
+        if self.hang_after_publish.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for FaultyBroker {
+    fn kind(&self) -> BrokerKind {
+        self.inner.kind()
+    }
+
+    async fn publish(&self, message: OutboundMessage) -> Result<PublishAck, BrokerError> {
+        let r = self.inner.publish(message).await;
+        self.maybe_hang().await;
+        r
+    }
+
+    async fn publish_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+    ) -> Vec<Result<PublishAck, BrokerError>> {
+        let r = self.inner.publish_batch(messages).await;
+        self.maybe_hang().await;
+        r
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, BrokerError> {
+        let group: Arc<str> = Arc::from(options.group.as_str());
+        let (prefetch, max) = (options.prefetch, options.max_deliveries);
+        let mut inner = self.inner.subscribe(options).await?;
+        let lose = self.lose_acks.clone();
+        Ok(Subscription::spawn(prefetch, max, move |h| {
+            tokio::spawn(async move {
+                let mut stop = h.stop.clone();
+                loop {
+                    let item = tokio::select! {
+                        _ = stop.changed() => break,
+                        item = inner.next() => item,
+                    };
+                    let Some(item) = item else { break };
+                    let item = item.map(|d| {
+                        let message = d.message.clone();
+                        Delivery::new(
+                            message,
+                            group.clone(),
+                            Box::new(FaultyAcker {
+                                inner: std::sync::Mutex::new(Some(d)),
+                                lose: lose.clone(),
+                            }),
+                        )
+                    });
+                    let ok = match item {
+                        Ok(d) => h.deliver(d).await,
+                        Err(e) => h.tx.send(Err(e)).await.is_ok(),
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                inner.close().await;
+            })
+        }))
+    }
+
+    async fn request(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<InboundMessage, BrokerError> {
+        self.inner.request(message, timeout).await
+    }
+
+    async fn serve(&self, subject: &str, group: &str) -> Result<Requests, BrokerError> {
+        self.inner.serve(subject, group).await
+    }
+
+    async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError> {
+        self.inner.delete_group(filter, group).await
+    }
+
+    async fn delete_domain(&self, domain: &str) -> Result<(), BrokerError> {
+        self.inner.delete_domain(domain).await
+    }
+
+    async fn close(&self) {}
+}
+
+struct FaultyAcker {
+    inner: std::sync::Mutex<Option<Delivery>>,
+    lose: Arc<AtomicBool>,
+}
+
+impl FaultyAcker {
+    fn take(&self) -> Result<Delivery, BrokerError> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| BrokerError::Ack("already settled".into()))
+    }
+}
+
+#[async_trait]
+impl Acker for FaultyAcker {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        let d = self.take()?;
+        if self.lose.load(Ordering::SeqCst) {
+            // Dropped unacked: the broker delivers it again after the ack wait.
+            drop(d);
+            return Ok(());
+        }
+        d.ack().await
+    }
+
+    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+        self.take()?.nack(delay).await
+    }
+
+    async fn dead_letter(&self, dead_letter: OutboundMessage) -> Result<(), BrokerError> {
+        let reason = dead_letter
+            .headers
+            .get(dead_letter::REASON)
+            .unwrap_or("rejected")
+            .to_owned();
+        self.take()?.dead_letter(&reason).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_name_replaces_the_one_in_the_url() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "t2"),
+            "postgres://u:p@h/t2?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "t3"),
+            "postgres://h:5432/t3"
+        );
+    }
+}

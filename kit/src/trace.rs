@@ -1,0 +1,60 @@
+//! Trace context across broker hops: W3C `traceparent`/`tracestate` written
+//! into the headers of every published event and read back by consumers, so
+//! the handler's span is a child of the span that emitted the event.
+//!
+//! Spans are `tracing` spans; the OpenTelemetry layer installed by
+//! [`crate::telemetry`] (or by a test, with an in-memory exporter) gives them
+//! trace ids. Without that layer these functions do nothing, and an emitted
+//! event carries on the consumed event's trace context as it was.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use sluice_broker::Headers;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+struct HeaderInjector<'a>(&'a mut Headers);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a Headers);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k).collect()
+    }
+}
+
+/// Writes the current span's trace context into `headers` (when the current
+/// span belongs to a trace).
+pub fn inject(headers: &mut Headers) {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+}
+
+/// Makes `span` a child of the trace context carried in `headers`, if any.
+pub fn set_parent(span: &tracing::Span, headers: &Headers) {
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if cx.span().span_context().is_valid() {
+        // Fails only when the span is disabled or already started a trace.
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id (32 hex digits) of a `traceparent` header value.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let id = parts.next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}

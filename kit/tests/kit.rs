@@ -1,0 +1,386 @@
+//! The kit's delivery guarantees, the same test bodies on every broker
+//! backend and on SQLite and PostgreSQL: effectively-once handling, the
+//! outbox surviving a crash, retries with backoff, dead letters, graceful
+//! shutdown, per-key order, batches. Trace context is in `trace.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sluice_broker::Broker;
+use sluice_kit::testing::{BrokerBackend, DbBackend, FaultyBroker};
+use sluice_kit::{
+    BatchOutcome, ConsumerOptions, Ctx, HandlerError, Item, Metrics, Reactor, Service,
+};
+use sluice_proto::shop::orders::v1::OrderPlaced;
+
+// --- scenarios ---------------------------------------------------------------
+
+async fn a_duplicate_delivery_runs_the_handler_once(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let faulty = Arc::new(FaultyBroker::new(env.broker()));
+    faulty.lose_acks(true);
+    let probe = Arc::new(Probe::default());
+    let metrics = Metrics::new();
+    let subject = env.subject("order.placed");
+    let svc = Service::new("t", faulty.clone(), env.tdb.db.clone())
+        .metrics(metrics.clone())
+        .reactor(
+            Reactor::new("dup", probe.clone())
+                .on(&subject, record)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+    publish_all(
+        env.tb.broker.as_ref(),
+        (0..3)
+            .map(|i| placed(&subject, &format!("k{i}"), i))
+            .collect(),
+    )
+    .await;
+    eventually("three rows", || async { env.rows().await == 3 }).await;
+    // The acks were lost: the broker delivers all three again.
+    faulty.lose_acks(false);
+    eventually("three duplicates", || async {
+        metrics.counts("dup", &subject).duplicates >= 3
+    })
+    .await;
+    assert_eq!(probe.calls().len(), 3, "the handler ran once per event");
+    assert_eq!(env.rows().await, 3);
+    svc.stop().await;
+    env.cleanup().await;
+}
+
+async fn a_crash_between_commit_and_publish_loses_no_event(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let placed_subject = env.subject("order.placed");
+    let confirmed_subject = env.subject("order.confirmed");
+    let down_probe = Arc::new(Probe::default());
+    let down = Service::new("down", env.broker(), env.tdb.db.clone())
+        .relay(None)
+        .reactor(
+            Reactor::new("down", down_probe.clone())
+                .on(&confirmed_subject, confirmed)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+
+    // First run: the relay publishes, then dies before marking rows sent.
+    let faulty = Arc::new(FaultyBroker::new(env.broker()));
+    faulty.hang_after_publish(true);
+    let up_probe = Arc::new(Probe::default());
+    let up = |broker: Arc<dyn Broker>, db: DatabaseConnection, probe: Arc<Probe>| {
+        Service::new("up", broker, db).reactor(
+            Reactor::new("up", probe)
+                .on(&placed_subject, confirm)
+                .options(fast_options()),
+        )
+    };
+    let first = up(faulty.clone(), env.tdb.db.clone(), up_probe.clone())
+        .start()
+        .await
+        .unwrap();
+    publish_all(
+        env.tb.broker.as_ref(),
+        (0..5)
+            .map(|i| placed(&placed_subject, &format!("k{i}"), i))
+            .collect(),
+    )
+    .await;
+    eventually("five handled upstream", || async {
+        up_probe.calls().len() >= 5
+    })
+    .await;
+    // The relay's first pass reached the broker, then hung: what it
+    // published arrives downstream, and none of it is marked sent.
+    eventually("confirmations downstream", || async {
+        !down_probe.calls().is_empty()
+    })
+    .await;
+    let backlog = sluice_kit::outbox::backlog(&env.tdb.db).await.unwrap();
+    assert!(backlog > 0, "rows published but not marked sent");
+    first.kill();
+
+    // Second run, on a fresh connection as a restarted process: the relay
+    // publishes the unmarked rows again; nothing is handled twice.
+    let db = env.tdb.reopen().await;
+    let second = up(env.broker(), db.clone(), up_probe.clone())
+        .start()
+        .await
+        .unwrap();
+    eventually("an empty outbox", || async {
+        sluice_kit::outbox::backlog(&db).await.unwrap() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = down_probe.calls();
+    let ids: HashSet<_> = calls.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(calls.len(), 5, "each confirmation handled once: {calls:?}");
+    assert_eq!(ids.len(), 5);
+    second.stop().await;
+    down.stop().await;
+    env.cleanup().await;
+}
+
+async fn a_failing_handler_is_retried_with_growing_delays(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    probe.fail_first.store(2, Ordering::SeqCst);
+    let metrics = Metrics::new();
+    let subject = env.subject("order.placed");
+    let mut options = fast_options();
+    options.retry.initial_backoff = Duration::from_millis(300);
+    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+        .metrics(metrics.clone())
+        .reactor(
+            Reactor::new("retry", probe.clone())
+                .on(&subject, record)
+                .options(options),
+        )
+        .start()
+        .await
+        .unwrap();
+    publish_all(env.tb.broker.as_ref(), vec![placed(&subject, "k", 1)]).await;
+    eventually("the row", || async { env.rows().await == 1 }).await;
+    let calls = probe.calls();
+    assert_eq!(calls.len(), 3, "two failures, then success");
+    let gap1 = calls[1].at - calls[0].at;
+    let gap2 = calls[2].at - calls[1].at;
+    assert!(gap1 >= Duration::from_millis(250), "first backoff {gap1:?}");
+    assert!(
+        gap2 >= Duration::from_millis(550),
+        "second backoff {gap2:?}"
+    );
+    assert!(gap2 > gap1, "delays grow: {gap1:?} then {gap2:?}");
+    let c = metrics.counts("retry", &subject);
+    assert_eq!((c.failed, c.retried, c.handled), (2, 2, 1), "{c:?}");
+    svc.stop().await;
+    env.cleanup().await;
+}
+
+async fn a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
+    b: BrokerBackend,
+    d: DbBackend,
+) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.placed");
+    let reactor = Reactor::new("poison", probe.clone()).on(&subject, record);
+    let svc = env.start(reactor.options(fast_options())).await;
+    publish_all(
+        env.tb.broker.as_ref(),
+        vec![
+            garbage(&subject),
+            placed(&subject, "bad", -5),
+            placed(&subject, "good", 7),
+        ],
+    )
+    .await;
+    eventually("the good event", || async { env.rows().await == 1 }).await;
+    let mut reasons = dead_letters(&env, 2).await;
+    reasons.sort();
+    assert!(reasons[0].contains("negative total -5"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("payload does not decode as shop.orders.v1.OrderPlaced"),
+        "{reasons:?}"
+    );
+    svc.stop().await;
+    env.cleanup().await;
+}
+
+async fn shutdown_with_in_flight_events_loses_none_and_handles_none_twice(
+    b: BrokerBackend,
+    d: DbBackend,
+) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    *probe.delay.lock().unwrap() = Duration::from_millis(20);
+    let subject = env.subject("order.placed");
+    // A small window: at shutdown a few events are in flight, the rest
+    // still in the broker or fetched but not started (handed back).
+    let options = ConsumerOptions {
+        concurrency: 4,
+        max_wave: 4,
+        max_in_flight: 8,
+        prefetch: 8,
+        ..fast_options()
+    };
+    let service = |db: DatabaseConnection| {
+        Service::new("t", env.broker(), db).reactor(
+            Reactor::new("drain", probe.clone())
+                .on(&subject, record)
+                .options(options.clone()),
+        )
+    };
+    let first = service(env.tdb.db.clone()).start().await.unwrap();
+    let ids = publish_all(
+        env.tb.broker.as_ref(),
+        (0..100)
+            .map(|i| placed(&subject, &format!("k{}", i % 10), i))
+            .collect(),
+    )
+    .await;
+    eventually("some handled", || async { probe.calls().len() >= 10 }).await;
+    first.stop().await;
+    let calls = probe.calls().len();
+    let rows = env.rows().await;
+    assert_eq!(
+        usize::try_from(rows).unwrap(),
+        calls,
+        "every started handler committed"
+    );
+    assert!(rows < 100, "stopped midway ({rows} rows)");
+
+    let second = service(env.tdb.reopen().await).start().await.unwrap();
+    eventually("all rows", || async { env.rows().await == 100 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.stop().await;
+    let calls = probe.calls();
+    let seen: HashSet<_> = calls.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(calls.len(), 100, "no event handled twice");
+    assert_eq!(seen, ids.into_iter().collect(), "no event lost");
+    env.cleanup().await;
+}
+
+async fn per_key_order_holds_with_concurrency(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.placed");
+    let options = ConsumerOptions {
+        concurrency: 16,
+        max_wave: 8,
+        ..fast_options()
+    };
+    let svc = env
+        .start(
+            Reactor::new("order", probe.clone())
+                .on(&subject, record)
+                .options(options),
+        )
+        .await;
+    let messages: Vec<_> = (0..1000i64)
+        .map(|i| placed(&subject, &format!("k{}", i % 50), i / 50))
+        .collect();
+    publish_all(env.tb.broker.as_ref(), messages).await;
+    eventually("1,000 rows", || async { env.rows().await == 1000 }).await;
+    svc.stop().await;
+    let calls = probe.calls();
+    assert_eq!(calls.len(), 1000);
+    let mut by_key: HashMap<String, Vec<i64>> = HashMap::new();
+    for c in &calls {
+        by_key.entry(c.key.clone()).or_default().push(c.n);
+    }
+    assert_eq!(by_key.len(), 50);
+    for (k, ns) in &by_key {
+        assert_eq!(*ns, (0..20).collect::<Vec<_>>(), "order of key {k}");
+    }
+    let workers: HashSet<_> = calls.iter().filter_map(|c| c.task).collect();
+    assert!(workers.len() > 1, "more than one worker: {}", workers.len());
+    env.cleanup().await;
+}
+
+async fn batch_record(
+    ctx: Ctx<Arc<Probe>>,
+    items: Vec<Item<OrderPlaced>>,
+) -> Result<BatchOutcome, HandlerError> {
+    let probe = ctx.state().clone();
+    probe.batches.lock().unwrap().push(items.len());
+    let mut outcome = BatchOutcome::ok();
+    for (i, item) in items.iter().enumerate() {
+        let ev = &item.event;
+        probe.record(&item.envelope.id, &ev.order_id, ev.total_cents);
+        if ev.total_cents < 0 {
+            outcome = outcome.fail(
+                i,
+                HandlerError::Permanent(format!("negative total {}", ev.total_cents)),
+            );
+            continue;
+        }
+        ctx.db()
+            .execute(&insert_row(&item.envelope.id, &ev.order_id, ev.total_cents))
+            .await?;
+    }
+    Ok(outcome)
+}
+
+async fn a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest(
+    b: BrokerBackend,
+    d: DbBackend,
+) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.placed");
+    let mut messages: Vec<_> = (0..8)
+        .map(|i| placed(&subject, &format!("k{i}"), i))
+        .collect();
+    messages.insert(3, placed(&subject, "bad", -1));
+    messages.insert(6, garbage(&subject));
+    publish_all(env.tb.broker.as_ref(), messages).await;
+    let reactor = Reactor::new("batch", probe.clone()).on_batch(&subject, batch_record);
+    let svc = env.start(reactor.options(fast_options())).await;
+    eventually("eight rows", || async { env.rows().await == 8 }).await;
+    let mut reasons = dead_letters(&env, 2).await;
+    reasons.sort();
+    assert!(reasons[0].contains("negative total -1"), "{reasons:?}");
+    assert!(reasons[1].contains("does not decode"), "{reasons:?}");
+    svc.stop().await;
+    let batches = probe.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().any(|n| *n > 1),
+        "events came in batches: {batches:?}"
+    );
+    env.cleanup().await;
+}
+
+// --- the matrix --------------------------------------------------------------
+
+macro_rules! matrix {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn embedded_sqlite() {
+                    super::$scenario(BrokerBackend::Embedded, DbBackend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn embedded_postgres() {
+                    super::$scenario(BrokerBackend::Embedded, DbBackend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn nats_postgres() {
+                    super::$scenario(BrokerBackend::Nats, DbBackend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn amqp_postgres() {
+                    super::$scenario(BrokerBackend::Amqp, DbBackend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+matrix!(
+    a_duplicate_delivery_runs_the_handler_once,
+    a_crash_between_commit_and_publish_loses_no_event,
+    a_failing_handler_is_retried_with_growing_delays,
+    a_poison_message_is_dead_lettered_and_the_consumer_goes_on,
+    shutdown_with_in_flight_events_loses_none_and_handles_none_twice,
+    per_key_order_holds_with_concurrency,
+    a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest,
+);

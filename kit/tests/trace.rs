@@ -1,0 +1,128 @@
+//! Trace context crosses every broker hop: a client span, the handler of
+//! the event it published, and the handler of the event that handler emitted
+//! through the outbox share one trace, each the child of the one before.
+//!
+//! Its own test binary: the OpenTelemetry layer is the process's global
+//! subscriber (a per-thread one misses callsites other tests registered
+//! first), and spans are told apart by each test's unique subjects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use common::*;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use sluice_kit::testing::{BrokerBackend, DbBackend};
+use sluice_kit::{Reactor, Service};
+use tracing_subscriber::layer::SubscriberExt;
+
+static TELEMETRY: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+
+fn telemetry() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
+    TELEMETRY.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kit-test")));
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        (provider, exporter)
+    })
+}
+
+fn exporter() -> InMemorySpanExporter {
+    telemetry().1.clone()
+}
+
+fn provider() -> &'static SdkTracerProvider {
+    &telemetry().0
+}
+
+async fn trace_context_crosses_every_hop(b: BrokerBackend, d: DbBackend) {
+    let exporter = exporter();
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let placed_subject = env.subject("order.placed");
+    let confirmed_subject = env.subject("order.confirmed");
+    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+        .reactor(
+            Reactor::new("confirm", probe.clone())
+                .on(&placed_subject, confirm)
+                .options(fast_options()),
+        )
+        .reactor(
+            Reactor::new("confirmed", probe.clone())
+                .on(&confirmed_subject, confirmed)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+    {
+        let span = tracing::info_span!("send", otel.name = %format_args!("send {placed_subject}"));
+        let mut m = placed(&placed_subject, "k", 1);
+        span.in_scope(|| sluice_kit::trace::inject(&mut m.headers));
+        assert!(
+            m.headers.get("traceparent").is_some(),
+            "the client span has a trace"
+        );
+        env.tb.broker.publish(m).await.unwrap();
+    }
+    eventually("both hops", || async { probe.calls().len() >= 2 }).await;
+    svc.stop().await;
+    provider().force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "span {name} in {:?}",
+                    spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+                )
+            })
+            .clone()
+    };
+    let send = find(&format!("send {placed_subject}"));
+    let first = find(&format!("process {placed_subject}"));
+    let second = find(&format!("process {confirmed_subject}"));
+    let trace = send.span_context.trace_id();
+    assert_eq!(
+        first.span_context.trace_id(),
+        trace,
+        "same trace after one hop"
+    );
+    assert_eq!(
+        second.span_context.trace_id(),
+        trace,
+        "same trace after the outbox hop"
+    );
+    assert_eq!(first.parent_span_id, send.span_context.span_id());
+    assert_eq!(second.parent_span_id, first.span_context.span_id());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn embedded_sqlite() {
+    trace_context_crosses_every_hop(BrokerBackend::Embedded, DbBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn embedded_postgres() {
+    trace_context_crosses_every_hop(BrokerBackend::Embedded, DbBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn nats_postgres() {
+    trace_context_crosses_every_hop(BrokerBackend::Nats, DbBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn amqp_postgres() {
+    trace_context_crosses_every_hop(BrokerBackend::Amqp, DbBackend::Postgres).await;
+}
