@@ -103,6 +103,14 @@ pub trait Broker: Send + Sync + 'static {
     /// The broker refused.
     async fn delete_domain(&self, domain: &str) -> Result<(), BrokerError>;
 
+    /// Whether the connection to the broker is up now (readiness probes).
+    ///
+    /// # Errors
+    /// [`BrokerError::Connection`] saying what state the connection is in.
+    async fn health(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Flushes and closes connections; later calls fail.
     async fn close(&self);
 }

@@ -119,6 +119,7 @@ pub struct Relay {
     broker: Arc<dyn Broker>,
     wake: Arc<Notify>,
     options: RelayOptions,
+    metrics: Option<(crate::metrics::Metrics, String)>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -140,6 +141,24 @@ impl Relay {
             broker,
             wake: Arc::new(Notify::new()),
             options,
+            metrics: None,
+        }
+    }
+
+    /// Reports the backlog of `service`'s outbox in `metrics` (checked when
+    /// the relay is idle, at most once a second).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics, service: &str) -> Self {
+        self.metrics = Some((metrics, service.to_owned()));
+        self
+    }
+
+    async fn report_backlog(&self) {
+        if let Some((metrics, service)) = &self.metrics {
+            match backlog(&self.db).await {
+                Ok(n) => metrics.set_outbox_backlog(service, n),
+                Err(e) => tracing::debug!(error = %e, "cannot count the outbox backlog"),
+            }
         }
     }
 
@@ -257,6 +276,7 @@ impl Relay {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         let mut last_prune = tokio::time::Instant::now();
+        let mut last_report = tokio::time::Instant::now() - Duration::from_secs(1);
         loop {
             let stopping = *stop.borrow();
             match self.pump_once().await {
@@ -275,6 +295,10 @@ impl Relay {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = tokio::time::Instant::now();
+                self.report_backlog().await;
             }
             if last_prune.elapsed() >= self.options.retention.min(Duration::from_secs(60)) {
                 last_prune = tokio::time::Instant::now();

@@ -123,10 +123,11 @@ impl Service {
     /// A consumer could not subscribe (those already started are stopped).
     pub async fn start(mut self) -> Result<RunningService, ConsumerError> {
         let shutdown = Shutdown::new();
-        let relay = self
-            .relay
-            .clone()
-            .map(|o| Relay::new(self.db.clone(), self.broker.clone(), o).spawn());
+        let relay = self.relay.clone().map(|o| {
+            Relay::new(self.db.clone(), self.broker.clone(), o)
+                .with_metrics(self.metrics.clone(), &self.name)
+                .spawn()
+        });
         let waker = relay.as_ref().map(RelayHandle::waker);
         let mut consumers = Vec::new();
         for starter in std::mem::take(&mut self.starters) {

@@ -1,14 +1,23 @@
-//! Logging for a service process, set up once from [`TelemetryConfig`]:
-//! human-readable lines for terminals, or one JSON object per line for log
-//! collectors; the level filter comes from `RUST_LOG` (default `info`).
+//! Logs and traces for a service process, set up once from
+//! [`TelemetryConfig`]: human-readable lines for terminals, or one JSON
+//! object per line for log collectors (level filter from `RUST_LOG`,
+//! default `info`); and, when an OTLP endpoint is configured
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported over OTLP
+//! (HTTP/protobuf, `<endpoint>/v1/traces`) in batches.
 //!
-//! OpenTelemetry export is not built yet: when an OTLP endpoint is
-//! configured, [`init`] says so in a warning rather than pretending.
+//! [`init`] returns a [`Telemetry`] guard; [`Telemetry::shutdown`] flushes
+//! the spans still buffered, the last step of a graceful shutdown.
 
 use std::io::Write;
+use std::time::Duration;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -18,43 +27,134 @@ pub enum TelemetryError {
     /// A global subscriber is already installed in this process.
     #[error("telemetry is already initialised: {0}")]
     AlreadyInitialised(String),
+    /// The OTLP exporter could not be built.
+    #[error("cannot export traces to {endpoint}: {reason}")]
+    Otlp {
+        /// The configured endpoint.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// A subscriber writing to `writer` in the configured format.
+/// A subscriber writing logs to `writer` in the configured format, and
+/// spans to `traces` when given.
 pub fn subscriber<W>(
     config: &TelemetryConfig,
     writer: W,
+    traces: Option<&SdkTracerProvider>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(writer);
+    let otel = traces.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sluice")));
+    let registry = tracing_subscriber::registry().with(filter()).with(otel);
     match config.log_format {
-        LogFormat::Pretty => Box::new(builder.finish()),
-        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Pretty => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
+        LogFormat::Json => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(writer),
+            ),
+        ),
     }
 }
 
-/// Installs the process-wide subscriber, logging to stderr.
+/// A tracer provider exporting to the OTLP/HTTP endpoint `endpoint` (the
+/// base URL, as in `OTEL_EXPORTER_OTLP_ENDPOINT`) as service `service`.
+/// Call from within a Tokio runtime.
 ///
 /// # Errors
-/// A subscriber was already installed.
-pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
-    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr))
+/// The exporter could not be built.
+pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let url = if endpoint.ends_with("/v1/traces") {
+        endpoint.to_owned()
+    } else {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    };
+    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+        Duration::from_secs(10),
+        None,
+    );
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| TelemetryError::Otlp {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build())
+}
+
+/// What [`init`] set up; flush it on the way out.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans still buffered and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            flush(p).await;
+        }
+    }
+}
+
+/// Shuts `provider` down, exporting what it buffered. The SDK blocks while
+/// the exporter task (on this runtime) works, so it runs on a blocking thread.
+pub async fn flush(provider: SdkTracerProvider) {
+    match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not flush traces"),
+        Err(e) => tracing::warn!(error = %e, "could not flush traces"),
+    }
+}
+
+/// Installs the process-wide subscriber (logs to stderr; spans to OTLP when
+/// configured) for service `service`. Call from within a Tokio runtime.
+///
+/// # Errors
+/// A subscriber was already installed, or the exporter could not be built.
+pub fn init(config: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
+    let provider = match &config.otlp_endpoint {
+        Some(endpoint) => Some(otlp_provider(endpoint, service)?),
+        None => None,
+    };
+    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, provider.as_ref()))
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {
-        tracing::warn!(
-            endpoint,
-            "OTLP trace export is not built yet; traces stay in the logs"
-        );
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
     }
-    Ok(())
+    Ok(Telemetry { provider })
 }
 
 /// A writer that appends to a shared buffer (tests read what was logged).
@@ -101,7 +201,7 @@ mod tests {
             log_format: format,
             otlp_endpoint: None,
         };
-        tracing::subscriber::with_default(subscriber(&config, out.clone()), || {
+        tracing::subscriber::with_default(subscriber(&config, out.clone(), None), || {
             tracing::info!(order_id = "o-1", "order placed");
         });
         out.contents()

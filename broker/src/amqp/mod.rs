@@ -377,6 +377,24 @@ impl Inner {
 
 #[async_trait]
 impl Broker for AmqpBroker {
+    async fn health(&self) -> Result<(), BrokerError> {
+        if self.inner.conn.status().connected() {
+            Ok(())
+        } else {
+            let status = self.inner.conn.status();
+            let state = if status.closed() {
+                "closed"
+            } else if status.errored() {
+                "failed"
+            } else {
+                "reconnecting"
+            };
+            Err(BrokerError::Connection(format!(
+                "RabbitMQ connection is {state}"
+            )))
+        }
+    }
+
     fn kind(&self) -> BrokerKind {
         BrokerKind::Amqp
     }

@@ -173,6 +173,15 @@ impl NatsBroker {
 
 #[async_trait]
 impl Broker for NatsBroker {
+    async fn health(&self) -> Result<(), BrokerError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(BrokerError::Connection(format!(
+                "NATS connection is {state}"
+            ))),
+        }
+    }
+
     fn kind(&self) -> BrokerKind {
         BrokerKind::Nats
     }
