@@ -27,6 +27,8 @@ enum Command {
     Up(up::UpArgs),
     /// Measure publish and consume throughput through the Broker trait and the raw clients.
     Bench(bench::BenchArgs),
+    /// Measure a trivial service handler through the kit against a bare consume loop.
+    BenchKit(bench::kit::KitBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchKit(args) => bench::kit::run(args).await,
         }
     });
     match result {

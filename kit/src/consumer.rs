@@ -70,7 +70,7 @@ impl Default for ConsumerOptions {
         Self {
             concurrency: 8,
             max_in_flight: 512,
-            max_wave: 64,
+            max_wave: 512,
             handler_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             start: StartPosition::Beginning,

@@ -132,6 +132,7 @@ impl Metrics {
         ConsumerMetrics {
             metrics: self.clone(),
             group: group.to_owned(),
+            cache: Arc::default(),
         }
     }
 
@@ -188,55 +189,80 @@ pub struct ConsumerCounts {
     pub duplicates: u64,
 }
 
-/// One consumer group's view of the metrics.
+/// One consumer group's view of the metrics, with each subject's handles
+/// cached (the hot path does one map lookup, no label allocation).
 #[derive(Clone, Debug)]
 pub struct ConsumerMetrics {
     metrics: Metrics,
     group: String,
+    cache: Arc<std::sync::RwLock<std::collections::HashMap<String, Arc<SubjectMetrics>>>>,
 }
 
 impl ConsumerMetrics {
     /// The counters of one subject.
-    pub(crate) fn labels(&self, subject: &str) -> SubjectMetrics<'_> {
-        SubjectMetrics {
-            m: &self.metrics,
-            labels: SubjectLabels {
-                subject: subject.to_owned(),
-                group: self.group.clone(),
-            },
+    pub(crate) fn labels(&self, subject: &str) -> Arc<SubjectMetrics> {
+        if let Some(m) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subject)
+        {
+            return m.clone();
         }
+        let labels = SubjectLabels {
+            subject: subject.to_owned(),
+            group: self.group.clone(),
+        };
+        let m = &self.metrics;
+        let handles = Arc::new(SubjectMetrics {
+            received: m.received.get_or_create_owned(&labels),
+            handled: m.handled.get_or_create_owned(&labels),
+            failed: m.failed.get_or_create_owned(&labels),
+            retried: m.retried.get_or_create_owned(&labels),
+            dead_lettered: m.dead_lettered.get_or_create_owned(&labels),
+            duplicates: m.duplicates.get_or_create_owned(&labels),
+            duration: m.duration.get_or_create_owned(&labels),
+        });
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(subject.to_owned(), handles.clone());
+        handles
     }
 }
 
-/// Counters of one subject and group.
-pub(crate) struct SubjectMetrics<'a> {
-    m: &'a Metrics,
-    labels: SubjectLabels,
+/// The metric handles of one subject and group.
+#[derive(Debug)]
+pub(crate) struct SubjectMetrics {
+    received: Counter,
+    handled: Counter,
+    failed: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    duplicates: Counter,
+    duration: Histogram,
 }
 
-impl SubjectMetrics<'_> {
+impl SubjectMetrics {
     pub(crate) fn received(&self) {
-        self.m.received.get_or_create(&self.labels).inc();
+        self.received.inc();
     }
     pub(crate) fn handled(&self) {
-        self.m.handled.get_or_create(&self.labels).inc();
+        self.handled.inc();
     }
     pub(crate) fn failed(&self) {
-        self.m.failed.get_or_create(&self.labels).inc();
+        self.failed.inc();
     }
     pub(crate) fn retried(&self) {
-        self.m.retried.get_or_create(&self.labels).inc();
+        self.retried.inc();
     }
     pub(crate) fn duplicate(&self) {
-        self.m.duplicates.get_or_create(&self.labels).inc();
+        self.duplicates.inc();
     }
     pub(crate) fn dead_lettered(&self) {
-        self.m.dead_lettered.get_or_create(&self.labels).inc();
+        self.dead_lettered.inc();
     }
     pub(crate) fn observe(&self, elapsed: Duration) {
-        self.m
-            .duration
-            .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }

@@ -5,9 +5,9 @@
 //!   charge cards. It is never run during a replay.
 //! - A [`Projection`] builds a read model: its handlers get a
 //!   [`ProjectionCtx`], which only offers the transaction for the
-//!   projection's own tables. Only projections can be replayed
-//!   ([`Projection::replay`] exists, `Reactor` has no such method), so the
-//!   type system keeps side effects out of replays.
+//!   projection's own tables. Only projections can be rebuilt from the
+//!   beginning of the log ([`Projection::reset`] exists, `Reactor` has no
+//!   such method), so the type system keeps side effects out of replays.
 //!
 //! Both register typed handlers by subject pattern (NATS wildcards:
 //! `orders.order.*`, `orders.>`). An event matching no pattern is acked and
@@ -156,6 +156,111 @@ pub struct Projection<S>(pub(crate) Spec<S, ProjectionCtx<S>>);
 
 builder!(Reactor, Ctx);
 builder!(Projection, ProjectionCtx);
+
+/// Why a projection could not be reset.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// Deleting the consumer group failed.
+    #[error("cannot delete the consumer group of {name} on {filter}: {source}")]
+    Group {
+        /// The projection.
+        name: String,
+        /// The subscription filter.
+        filter: String,
+        /// The broker's error.
+        source: sluice_broker::BrokerError,
+    },
+    /// Clearing the inbox or checkpoint failed.
+    #[error("cannot clear the inbox and checkpoint of {name}: {source}")]
+    Db {
+        /// The projection.
+        name: String,
+        /// The database error.
+        source: sea_orm::DbErr,
+    },
+}
+
+impl<S: Send + Sync + 'static> Projection<S> {
+    /// Prepares a rebuild from the beginning of the log: deletes the
+    /// projection's consumer groups and forgets its inbox entries and
+    /// checkpoint. Empty the read-model tables too (in `reset_tables`'s
+    /// transaction), then run the projection again with
+    /// `StartPosition::Beginning` (the default). Run it while the projection
+    /// is stopped.
+    ///
+    /// # Errors
+    /// The broker or the database refused.
+    pub async fn reset<F, Fut>(
+        &self,
+        broker: &dyn sluice_broker::Broker,
+        db: &sea_orm::DatabaseConnection,
+        reset_tables: F,
+    ) -> Result<(), ResetError>
+    where
+        F: FnOnce(sea_orm::DatabaseTransaction) -> Fut,
+        Fut: Future<Output = Result<sea_orm::DatabaseTransaction, sea_orm::DbErr>>,
+    {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+
+        use crate::db::tables::{checkpoint, inbox};
+        let name = &self.0.name;
+        for filter in self.0.filters() {
+            broker
+                .delete_group(&filter, name)
+                .await
+                .map_err(|source| ResetError::Group {
+                    name: name.clone(),
+                    filter: filter.clone(),
+                    source,
+                })?;
+        }
+        let db_err = |source| ResetError::Db {
+            name: name.clone(),
+            source,
+        };
+        let txn = db.begin().await.map_err(db_err)?;
+        inbox::Entity::delete_many()
+            .filter(inbox::Column::Consumer.eq(name.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        checkpoint::Entity::delete_by_id(name.clone())
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        let txn = reset_tables(txn).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)
+    }
+}
+
+/// A projection's progress, from its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The highest stream sequence applied, where the backend has one.
+    pub position: Option<i64>,
+    /// Events applied since the projection was (re)built.
+    pub events: i64,
+}
+
+/// The checkpoint of projection `name`, if it has applied anything.
+///
+/// # Errors
+/// The database failed.
+pub async fn checkpoint(
+    db: &impl sea_orm::ConnectionTrait,
+    name: &str,
+) -> Result<Option<Checkpoint>, sea_orm::DbErr> {
+    use sea_orm::EntityTrait;
+    Ok(
+        crate::db::tables::checkpoint::Entity::find_by_id(name.to_owned())
+            .one(db)
+            .await?
+            .map(|m| Checkpoint {
+                position: m.position,
+                events: m.events,
+            }),
+    )
+}
 
 impl<S> std::fmt::Debug for Reactor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -37,6 +37,7 @@ pub struct Service {
     db: DatabaseConnection,
     metrics: Metrics,
     relay: Option<RelayOptions>,
+    inbox_retention: Option<Duration>,
     starters: Vec<Starter>,
 }
 
@@ -59,6 +60,7 @@ impl Service {
             db,
             metrics: Metrics::new(),
             relay: Some(RelayOptions::default()),
+            inbox_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             starters: Vec::new(),
         }
     }
@@ -75,6 +77,16 @@ impl Service {
     #[must_use]
     pub fn relay(mut self, options: Option<RelayOptions>) -> Self {
         self.relay = options;
+        self
+    }
+
+    /// How long handled event ids stay in the inbox (default 7 days; they
+    /// are pruned hourly). A redelivery older than this is not recognised
+    /// as a duplicate, so keep it well above any broker's redelivery
+    /// horizon. `None` keeps them forever.
+    #[must_use]
+    pub fn inbox_retention(mut self, retention: Option<Duration>) -> Self {
+        self.inbox_retention = retention;
         self
     }
 
@@ -145,13 +157,37 @@ impl Service {
                 }
             }
         }
-        tracing::info!(service = %self.name, consumers = consumers.len(), "service started");
+        if let Some(retention) = self.inbox_retention {
+            consumers.push(tokio::spawn(prune_inbox(
+                self.db.clone(),
+                retention,
+                shutdown.listener(),
+            )));
+        }
+        tracing::info!(service = %self.name, "service started");
         Ok(RunningService {
             name: self.name,
             shutdown,
             consumers,
             relay,
         })
+    }
+}
+
+/// Prunes inbox entries older than `retention` every hour until shutdown.
+async fn prune_inbox(db: DatabaseConnection, retention: Duration, mut stop: ShutdownListener) {
+    let keep = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    loop {
+        let cutoff = crate::db::now_micros().saturating_sub(keep);
+        match crate::inbox::prune(&db, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "pruned the inbox"),
+            Err(e) => tracing::warn!(error = %e, "pruning the inbox failed"),
+        }
+        tokio::select! {
+            () = stop.wait() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
     }
 }
 

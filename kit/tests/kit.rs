@@ -13,11 +13,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use sluice_broker::Broker;
+use sluice_kit::router::checkpoint;
 use sluice_kit::testing::{BrokerBackend, DbBackend, FaultyBroker};
 use sluice_kit::{
-    BatchOutcome, ConsumerOptions, Ctx, HandlerError, Item, Metrics, Reactor, Service,
+    BatchOutcome, ConsumerOptions, Ctx, HandlerError, Item, Metrics, Projection, ProjectionCtx,
+    Reactor, Service,
 };
 use sluice_proto::shop::orders::v1::OrderPlaced;
 
@@ -343,6 +345,74 @@ async fn a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest(
     env.cleanup().await;
 }
 
+async fn project(ctx: ProjectionCtx<()>, ev: OrderPlaced) -> Result<(), HandlerError> {
+    ctx.db()
+        .execute(&insert_row(
+            &ctx.envelope().id,
+            &ev.order_id,
+            ev.total_cents,
+        ))
+        .await?;
+    Ok(())
+}
+
+async fn ids(env: &Env) -> Vec<String> {
+    let rows = env
+        .tdb
+        .db
+        .query_all_raw(Statement::from_string(
+            env.tdb.db.get_database_backend(),
+            "SELECT event_id FROM kit_rows ORDER BY event_id",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "event_id").unwrap())
+        .collect()
+}
+
+async fn a_projection_is_rebuilt_from_the_beginning(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let subject = env.subject("order.placed");
+    let view = || {
+        Projection::new("view", ())
+            .on(&subject, project)
+            .options(fast_options())
+    };
+    publish_all(
+        env.tb.broker.as_ref(),
+        (0..20)
+            .map(|i| placed(&subject, &format!("k{}", i % 3), i))
+            .collect(),
+    )
+    .await;
+    let run = || async {
+        let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+            .projection(view())
+            .start()
+            .await
+            .unwrap();
+        eventually("the view", || async { env.rows().await == 20 }).await;
+        svc.stop().await;
+        let cp = checkpoint(&env.tdb.db, "view").await.unwrap().unwrap();
+        assert_eq!(cp.events, 20, "{cp:?}");
+        ids(&env).await
+    };
+    let live = run().await;
+    view()
+        .reset(env.tb.broker.as_ref(), &env.tdb.db, |txn| async move {
+            txn.execute_unprepared("DELETE FROM kit_rows").await?;
+            Ok(txn)
+        })
+        .await
+        .unwrap();
+    assert_eq!(env.rows().await, 0);
+    assert!(checkpoint(&env.tdb.db, "view").await.unwrap().is_none());
+    let rebuilt = run().await;
+    assert_eq!(rebuilt, live, "the rebuilt view equals the live one");
+    env.cleanup().await;
+}
+
 // --- the matrix --------------------------------------------------------------
 
 macro_rules! matrix {
@@ -383,4 +453,45 @@ matrix!(
     shutdown_with_in_flight_events_loses_none_and_handles_none_twice,
     per_key_order_holds_with_concurrency,
     a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest,
+    a_projection_is_rebuilt_from_the_beginning,
 );
+
+#[tokio::test]
+async fn the_inbox_remembers_handled_events_until_pruned() {
+    let env = Env::new(BrokerBackend::Embedded, DbBackend::Sqlite).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.placed");
+    let svc = env
+        .start(
+            Reactor::new("inbox", probe)
+                .on(&subject, record)
+                .options(fast_options()),
+        )
+        .await;
+    let ids = publish_all(env.tb.broker.as_ref(), vec![placed(&subject, "k", 1)]).await;
+    eventually("the row", || async { env.rows().await == 1 }).await;
+    svc.stop().await;
+    let db = &env.tdb.db;
+    assert!(
+        sluice_kit::inbox::contains(db, "inbox", &ids[0])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !sluice_kit::inbox::contains(db, "other", &ids[0])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        sluice_kit::inbox::prune(db, 0).await.unwrap(),
+        0,
+        "nothing that old"
+    );
+    assert_eq!(sluice_kit::inbox::prune(db, i64::MAX).await.unwrap(), 1);
+    assert!(
+        !sluice_kit::inbox::contains(db, "inbox", &ids[0])
+            .await
+            .unwrap()
+    );
+    env.cleanup().await;
+}

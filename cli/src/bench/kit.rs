@@ -1,0 +1,251 @@
+//! `sluice bench-kit`: a trivial service handler through the whole kit —
+//! decode, one row insert, one emitted event through the outbox, inbox,
+//! commit, ack — against a bare consume loop (decode, ack) on the same
+//! embedded log, alternating rounds in one run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Query};
+use sluice_broker::testing::unique;
+use sluice_broker::{Broker, OutboundMessage, StartPosition, SubscribeOptions};
+use sluice_kit::{ConsumerOptions, Ctx, HandlerError, Metrics, Reactor, Service};
+use sluice_proto::Envelope;
+use sluice_proto::shop::orders::v1::{OrderConfirmed, OrderPlaced};
+
+use super::next_or_stall;
+
+/// Arguments of `sluice bench-kit`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KitBenchArgs {
+    /// Events per measurement.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// Distinct keys (aggregates) the events are spread over.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Kit workers.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 256)]
+    wave: usize,
+    /// Alternating bare/kit rounds; the report shows the median of each.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where the logs and databases are written (a temporary directory by default).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Print results as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the benchmark and prints the figures.
+pub(crate) async fn run(args: KitBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.events > 0 && args.keys > 0 && args.rounds > 0 && args.wave > 0,
+        "--events, --keys, --wave and --rounds must be positive"
+    );
+    let tmp = tempfile::tempdir().context("temporary directory")?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let (mut bare, mut kit, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        bare.push(bare_round(&args, &dir.join(format!("bare-{round}.db"))).await?);
+        let (handled, published) = kit_round(&args, &dir.join(format!("kit-{round}"))).await?;
+        kit.push(handled);
+        relayed.push(published);
+    }
+    let rate = |d: Duration| args.events as f64 / d.as_secs_f64().max(1e-9);
+    let (bare, kit, relayed) = (median(bare), median(kit), median(relayed));
+    let rows = [
+        ("bare consume loop (decode, ack)", rate(bare)),
+        (
+            "kit handler (decode, insert, emit; inbox, commit, ack)",
+            rate(kit),
+        ),
+        ("kit, until the outbox is published", rate(relayed)),
+    ];
+    if args.json {
+        for (what, r) in rows {
+            println!(
+                "{{\"backend\":\"embedded\",\"database\":\"sqlite\",\"what\":\"{what}\",\"events\":{},\"events_per_s\":{r:.0}}}",
+                args.events
+            );
+        }
+        println!("{{\"kit_over_bare\":{:.3}}}", rate(kit) / rate(bare));
+    } else {
+        println!(
+            "{} events over {} keys, embedded log + SQLite, median of {} rounds",
+            args.events, args.keys, args.rounds
+        );
+        for (what, r) in rows {
+            println!("  {what:<58} {r:>10.0} events/s");
+        }
+        println!(
+            "  kit / bare                                                 {:>10.3}",
+            rate(kit) / rate(bare)
+        );
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn events(args: &KitBenchArgs, subject: &str) -> Vec<OutboundMessage> {
+    (0..args.events)
+        .map(|i| {
+            let key = format!("o-{}", i % args.keys);
+            let env = Envelope::new::<OrderPlaced>("/sluice/bench").subject(&key);
+            OutboundMessage::event(
+                subject,
+                &env,
+                &OrderPlaced {
+                    order_id: key,
+                    customer_id: "c-1".into(),
+                    lines: vec![],
+                    total_cents: i64::try_from(i).unwrap_or(i64::MAX),
+                    currency: "EUR".into(),
+                    payment_token: "tok_visa".into(),
+                },
+            )
+        })
+        .collect()
+}
+
+async fn publish(broker: &dyn Broker, messages: Vec<OutboundMessage>) -> anyhow::Result<()> {
+    let mut it = messages.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<_> = it.by_ref().take(1000).collect();
+        for r in broker.publish_batch(chunk).await {
+            r.context("publish")?;
+        }
+    }
+    Ok(())
+}
+
+async fn open_log(path: &std::path::Path) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(Arc::new(
+        sluice_broker::embedded::EmbeddedBroker::open(path, Default::default())
+            .await
+            .context("open the embedded log")?,
+    ))
+}
+
+async fn bare_round(args: &KitBenchArgs, path: &std::path::Path) -> anyhow::Result<Duration> {
+    let broker = open_log(path).await?;
+    let domain = unique("bench");
+    publish(
+        broker.as_ref(),
+        events(args, &format!("{domain}.order.placed")),
+    )
+    .await?;
+    let start = Instant::now();
+    let options = SubscribeOptions::new("bare", format!("{domain}.>"))
+        .start(StartPosition::Beginning)
+        .prefetch(1000);
+    let mut sub = broker.subscribe(options).await?;
+    for _ in 0..args.events {
+        let d = next_or_stall(sub.next())
+            .await?
+            .context("subscription ended")??;
+        let (_env, event) = d.message.decode::<OrderPlaced>()?;
+        std::hint::black_box(event);
+        d.ack().await?;
+    }
+    let elapsed = start.elapsed();
+    sub.close().await;
+    broker.close().await;
+    Ok(elapsed)
+}
+
+async fn handle(ctx: Ctx<()>, ev: OrderPlaced) -> Result<(), HandlerError> {
+    let insert = Query::insert()
+        .into_table(Alias::new("bench_orders"))
+        .columns([Alias::new("id"), Alias::new("total_cents")])
+        .values_panic([ctx.envelope().id.clone().into(), ev.total_cents.into()])
+        .to_owned();
+    ctx.db().execute(&insert).await?;
+    let subject = ctx.subject().replace("order.placed", "order.confirmed");
+    ctx.emit(
+        &subject,
+        &ev.order_id,
+        &OrderConfirmed {
+            order_id: ev.order_id.clone(),
+            customer_id: ev.customer_id,
+            total_cents: ev.total_cents,
+            currency: ev.currency,
+        },
+    );
+    Ok(())
+}
+
+async fn kit_round(
+    args: &KitBenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Duration, Duration)> {
+    std::fs::create_dir_all(dir)?;
+    let broker = open_log(&dir.join("broker.db")).await?;
+    let url = format!("sqlite://{}?mode=rwc", dir.join("service.db").display());
+    let db = sluice_kit::db::open(&url, 1).await?;
+    db.execute_unprepared(
+        "CREATE TABLE bench_orders (id VARCHAR(64) PRIMARY KEY, total_cents BIGINT NOT NULL)",
+    )
+    .await?;
+    let domain = unique("bench");
+    let subject = format!("{domain}.order.placed");
+    publish(broker.as_ref(), events(args, &subject)).await?;
+    let metrics = Metrics::new();
+    let options = ConsumerOptions {
+        concurrency: args.concurrency,
+        max_wave: args.wave,
+        max_in_flight: args.wave * args.concurrency * 2,
+        prefetch: 1000,
+        ..ConsumerOptions::default()
+    };
+    let start = Instant::now();
+    let service = Service::new("bench", broker.clone(), db.clone())
+        .metrics(metrics.clone())
+        .reactor(
+            Reactor::new("bench", ())
+                .on(&subject, handle)
+                .options(options),
+        )
+        .start()
+        .await?;
+    let want = u64::try_from(args.events).unwrap_or(u64::MAX);
+    let mut last = (0, Instant::now());
+    loop {
+        let handled = metrics.counts("bench", &subject).handled;
+        if handled >= want {
+            break;
+        }
+        if handled != last.0 {
+            last = (handled, Instant::now());
+        }
+        anyhow::ensure!(
+            last.1.elapsed() < Duration::from_secs(30),
+            "no progress for 30 s ({handled} of {want} handled)"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let handled = start.elapsed();
+    while sluice_kit::outbox::backlog(&db).await? > 0 {
+        anyhow::ensure!(
+            start.elapsed() < handled * 10 + Duration::from_secs(30),
+            "the outbox did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let relayed = start.elapsed();
+    service.stop().await;
+    broker.close().await;
+    db.close().await?;
+    Ok((handled, relayed))
+}
