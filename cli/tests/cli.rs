@@ -101,3 +101,27 @@ fn the_embedded_bench_reports_both_operations() {
     assert!(stdout.contains("\"operation\":\"publish\""), "{stdout}");
     assert!(stdout.contains("\"operation\":\"consume\""), "{stdout}");
 }
+
+#[test]
+fn the_kit_bench_reports_the_kit_against_a_bare_loop() {
+    let out = sluice()
+        .args(["bench-kit", "--events", "2000", "--rounds", "1", "--json"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bare consume loop"), "{stdout}");
+    assert!(stdout.contains("kit handler"), "{stdout}");
+    assert!(stdout.contains("\"kit_over_bare\":"), "{stdout}");
+    let out = sluice()
+        .args(["bench-kit", "--events", "0"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

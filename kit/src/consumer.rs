@@ -483,7 +483,16 @@ where
             )
             .update_column(checkpoint::Column::UpdatedAt);
         if position.is_some() {
-            on_conflict.update_column(checkpoint::Column::Position);
+            // Waves of different workers may commit out of order: keep the
+            // highest position.
+            on_conflict.value(
+                checkpoint::Column::Position,
+                Expr::cust(
+                    "CASE WHEN sluice_checkpoint.position IS NULL \
+                     OR excluded.position > sluice_checkpoint.position \
+                     THEN excluded.position ELSE sluice_checkpoint.position END",
+                ),
+            );
         }
         checkpoint::Entity::insert(row)
             .on_conflict(on_conflict)

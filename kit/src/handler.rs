@@ -134,15 +134,19 @@ impl<S> Ctx<S> {
 }
 
 /// Sets the correlation and causation ids of `envelope`, an event caused by
-/// the event `cause`.
+/// the event `cause`, and carries on `cause`'s trace context (replaced by
+/// the current span's when spans are traced).
 pub fn caused_by(envelope: Envelope, cause: &Envelope) -> Envelope {
     let correlation = cause
         .correlation_id
         .clone()
         .unwrap_or_else(|| cause.id.clone());
-    envelope
+    let mut envelope = envelope
         .correlation_id(correlation)
-        .causation_id(cause.id.clone())
+        .causation_id(cause.id.clone());
+    envelope.traceparent.clone_from(&cause.traceparent);
+    envelope.tracestate.clone_from(&cause.tracestate);
+    envelope
 }
 
 /// The context of a projection's handler: it may only write the
@@ -305,5 +309,29 @@ where
             .filter_map(|b| b.downcast::<Item<T>>().ok().map(|b| *b))
             .collect();
         Box::pin((self.f)(ctx, items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::shop::orders::v1::{OrderConfirmed, OrderPlaced};
+
+    #[test]
+    fn an_event_caused_by_another_carries_its_ids_and_trace() {
+        let mut cause = Envelope::new::<OrderPlaced>("/t").correlation_id("req-1");
+        cause.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let effect = caused_by(Envelope::new::<OrderConfirmed>("/orders"), &cause);
+        assert_eq!(effect.causation_id.as_deref(), Some(cause.id.as_str()));
+        assert_eq!(effect.correlation_id.as_deref(), Some("req-1"));
+        assert_eq!(effect.traceparent, cause.traceparent);
+
+        let first = Envelope::new::<OrderPlaced>("/t");
+        let effect = caused_by(Envelope::new::<OrderConfirmed>("/orders"), &first);
+        assert_eq!(
+            effect.correlation_id.as_deref(),
+            Some(first.id.as_str()),
+            "the first event starts the correlation"
+        );
     }
 }

@@ -396,6 +396,13 @@ async fn a_projection_is_rebuilt_from_the_beginning(b: BrokerBackend, d: DbBacke
         svc.stop().await;
         let cp = checkpoint(&env.tdb.db, "view").await.unwrap().unwrap();
         assert_eq!(cp.events, 20, "{cp:?}");
+        // RabbitMQ knows sequences only for what a group replays from the
+        // stream queue; the other backends know every one.
+        match (b, cp.position) {
+            (BrokerBackend::Amqp, Some(p)) => assert!((1..=20).contains(&p), "{cp:?}"),
+            (BrokerBackend::Amqp, None) => {}
+            (_, p) => assert_eq!(p, Some(20), "the highest sequence applied"),
+        }
         ids(&env).await
     };
     let live = run().await;

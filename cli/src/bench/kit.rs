@@ -27,10 +27,10 @@ pub(crate) struct KitBenchArgs {
     #[arg(long, default_value_t = 1000)]
     keys: usize,
     /// Kit workers.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// Events per transaction.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     wave: usize,
     /// Alternating bare/kit rounds; the report shows the median of each.
     #[arg(long, default_value_t = 3)]
