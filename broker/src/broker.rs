@@ -103,6 +103,17 @@ pub trait Broker: Send + Sync + 'static {
     /// The broker refused.
     async fn delete_domain(&self, domain: &str) -> Result<(), BrokerError>;
 
+    /// How many messages consumer group `group` on `filter` has not acked
+    /// yet (waiting and in flight), or `None` when the backend cannot tell
+    /// (e.g. the group is unknown here).
+    ///
+    /// # Errors
+    /// The broker could not be asked.
+    async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
+        let _ = (filter, group);
+        Ok(None)
+    }
+
     /// Whether the connection to the broker is up now (readiness probes).
     ///
     /// # Errors

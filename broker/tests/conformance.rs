@@ -464,6 +464,33 @@ async fn ten_thousand_batched_messages_arrive_exactly_once_per_group(fx: &Fixtur
     }
 }
 
+/// Polls `lag` until it is `want` (NATS and RabbitMQ report asynchronously).
+async fn assert_lag(fx: &Fixture, group: &str, want: u64) {
+    let mut last = None;
+    for _ in 0..100 {
+        last = fx.broker.lag(&fx.filter(), group).await.unwrap();
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("lag of {group} is {last:?}, expected {want}");
+}
+
+async fn lag_counts_what_a_group_has_not_acked(fx: &Fixture) {
+    assert_eq!(fx.broker.lag(&fx.filter(), "nobody").await.unwrap(), None);
+    let sub = fx.broker.subscribe(opts(fx, "lagging")).await.unwrap();
+    sub.close().await;
+    publish_all(fx, (0..5).map(|n| event(fx, n)).collect()).await;
+    assert_lag(fx, "lagging", 5).await;
+    let mut sub = fx.broker.subscribe(opts(fx, "lagging")).await.unwrap();
+    for _ in 0..5 {
+        recv(&mut sub, WAIT).await.ack().await.unwrap();
+    }
+    assert_lag(fx, "lagging", 0).await;
+    sub.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:path) => {
         conformance!(@cases $backend, $make;
@@ -480,6 +507,7 @@ macro_rules! conformance {
             request_reply_answers_and_times_out,
             a_restarted_consumer_resumes_after_the_last_ack,
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
+            lag_counts_what_a_group_has_not_acked,
         );
     };
     (@cases $backend:ident, $make:path; $($case:ident),* $(,)?) => {

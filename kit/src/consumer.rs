@@ -63,6 +63,8 @@ pub struct ConsumerOptions {
     pub prefetch: usize,
     /// How long shutdown waits for in-flight events to finish.
     pub drain_timeout: Duration,
+    /// How often the group's lag is asked of the broker (for metrics).
+    pub lag_interval: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -77,6 +79,7 @@ impl Default for ConsumerOptions {
             ack_wait: Duration::from_secs(60),
             prefetch: 256,
             drain_timeout: Duration::from_secs(30),
+            lag_interval: Duration::from_secs(5),
         }
     }
 }
@@ -163,7 +166,7 @@ where
     /// The consumer has no handlers, or a subscription failed.
     pub(crate) async fn start(
         self: Arc<Self>,
-        broker: &dyn Broker,
+        broker: Arc<dyn Broker>,
         shutdown: ShutdownListener,
     ) -> Result<tokio::task::JoinHandle<()>, ConsumerError> {
         let filters = self.spec.filters();
@@ -172,7 +175,7 @@ where
         }
         let o = &self.spec.options;
         let mut subs = Vec::with_capacity(filters.len());
-        for filter in filters {
+        for filter in filters.clone() {
             let options = SubscribeOptions::new(self.spec.name.clone(), filter.clone())
                 .start(o.start)
                 .ack_wait(o.ack_wait)
@@ -192,11 +195,41 @@ where
                     })?;
             subs.push(sub);
         }
-        Ok(tokio::spawn(self.serve(subs, shutdown)))
+        Ok(tokio::spawn(self.serve(subs, broker, filters, shutdown)))
     }
 
-    async fn serve(self: Arc<Self>, subs: Vec<Subscription>, shutdown: ShutdownListener) {
+    /// Reports the group's lag on each filter until shutdown.
+    async fn sample_lag(
+        self: Arc<Self>,
+        broker: Arc<dyn Broker>,
+        filters: Vec<String>,
+        mut stop: ShutdownListener,
+    ) {
+        loop {
+            for filter in &filters {
+                match broker.lag(filter, &self.spec.name).await {
+                    Ok(Some(n)) => self.metrics.set_lag(filter, n),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, %filter, "cannot read the consumer lag"),
+                }
+            }
+            tokio::select! {
+                () = stop.wait() => return,
+                () = tokio::time::sleep(self.spec.options.lag_interval) => {}
+            }
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        subs: Vec<Subscription>,
+        broker: Arc<dyn Broker>,
+        filters: Vec<String>,
+        shutdown: ShutdownListener,
+    ) {
         let o = &self.spec.options;
+        let mut sampler = tokio::task::JoinSet::new();
+        sampler.spawn(self.clone().sample_lag(broker, filters, shutdown.clone()));
         let sched = Arc::new(Sched::default());
         let window = Arc::new(Semaphore::new(o.max_in_flight.max(1)));
         // Join sets: if this task is aborted (a simulated crash), its
@@ -246,6 +279,7 @@ where
         for sub in subs {
             sub.close().await;
         }
+        sampler.abort_all();
         tracing::info!(consumer = %self.spec.name, "consumer stopped");
     }
 

@@ -24,6 +24,15 @@ pub struct SubjectLabels {
     pub group: String,
 }
 
+/// Labels of consumer lag.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    /// The subscription's subject filter.
+    pub filter: String,
+    /// The consumer group.
+    pub group: String,
+}
+
 /// Labels of per-service metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -53,6 +62,7 @@ pub struct Metrics {
     duplicates: Family<SubjectLabels, Counter>,
     duration: Family<SubjectLabels, Histogram, LatencyBuckets>,
     outbox_backlog: Family<ServiceLabels, Gauge>,
+    lag: Family<LagLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +91,7 @@ impl Metrics {
             duplicates: Family::default(),
             duration: Family::new_with_constructor(LatencyBuckets),
             outbox_backlog: Family::default(),
+            lag: Family::default(),
         };
         registry.register(
             "consumer_received",
@@ -123,6 +134,11 @@ impl Metrics {
             "Outbox rows waiting to be published",
             m.outbox_backlog.clone(),
         );
+        registry.register(
+            "consumer_lag",
+            "Messages a consumer group has not acked yet (RabbitMQ: ready messages only)",
+            m.lag.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m
     }
@@ -162,6 +178,26 @@ impl Metrics {
             .set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
+    /// Sets the lag of `group` on `filter`.
+    pub fn set_lag(&self, group: &str, filter: &str, messages: u64) {
+        self.lag
+            .get_or_create(&LagLabels {
+                filter: filter.to_owned(),
+                group: group.to_owned(),
+            })
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    /// The last lag reported for `group` on `filter`.
+    pub fn lag(&self, group: &str, filter: &str) -> Option<i64> {
+        self.lag
+            .get(&LagLabels {
+                filter: filter.to_owned(),
+                group: group.to_owned(),
+            })
+            .map(|g| g.get())
+    }
+
     /// The metrics in the OpenMetrics text format (which Prometheus reads).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -199,6 +235,11 @@ pub struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
+    /// Sets this group's lag on `filter`.
+    pub(crate) fn set_lag(&self, filter: &str, messages: u64) {
+        self.metrics.set_lag(&self.group, filter, messages);
+    }
+
     /// The counters of one subject.
     pub(crate) fn labels(&self, subject: &str) -> Arc<SubjectMetrics> {
         if let Some(m) = self

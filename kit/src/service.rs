@@ -119,7 +119,7 @@ impl Service {
                 broker_kind(svc.broker.as_ref()),
             ));
             let broker = svc.broker.clone();
-            Box::pin(async move { runtime.start(broker.as_ref(), shutdown).await })
+            Box::pin(async move { runtime.start(broker, shutdown).await })
         }));
         self
     }

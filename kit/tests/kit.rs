@@ -167,6 +167,10 @@ async fn a_failing_handler_is_retried_with_growing_delays(b: BrokerBackend, d: D
     assert!(gap2 > gap1, "delays grow: {gap1:?} then {gap2:?}");
     let c = metrics.counts("retry", &subject);
     assert_eq!((c.failed, c.retried, c.handled), (2, 2, 1), "{c:?}");
+    eventually("no lag", || async {
+        metrics.lag("retry", &subject) == Some(0)
+    })
+    .await;
     svc.stop().await;
     env.cleanup().await;
 }

@@ -377,6 +377,25 @@ impl Inner {
 
 #[async_trait]
 impl Broker for AmqpBroker {
+    /// Ready messages of the group's queue (RabbitMQ does not report
+    /// unacked ones over AMQP): a lower bound of the lag.
+    async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
+        let key = subject::stream_key(filter);
+        let queue = self.inner.name("group", key, Some(group));
+        // A passive declare of a missing queue closes its channel: use a
+        // channel of its own.
+        let ch = self.inner.conn.create_channel().await.map_err(backend)?;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let r = ch
+            .queue_declare(queue.as_str().into(), options, Default::default())
+            .await;
+        let _ = ch.close(200, "lag".into()).await;
+        Ok(r.ok().map(|q| u64::from(q.message_count())))
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         if self.inner.conn.status().connected() {
             Ok(())

@@ -175,6 +175,12 @@ impl Group {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many sequences of the stream this group has settled.
+    pub(crate) fn settled(&self) -> u64 {
+        let st = self.lock();
+        st.floor + st.settled.len() as u64
+    }
+
     /// Marks `seq` acked (or terminated).
     pub(crate) fn settle(&self, seq: u64) {
         self.lock().settle(seq);

@@ -108,6 +108,17 @@ impl EmbeddedBroker {
 
 #[async_trait]
 impl Broker for EmbeddedBroker {
+    async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
+        let stream = subject::stream_key(filter).to_owned();
+        let g = self
+            .lock_groups()
+            .get(&(stream.clone(), group.to_owned()))
+            .cloned();
+        let Some(g) = g else { return Ok(None) };
+        let last = self.store.last_seq(&stream).await?;
+        Ok(Some(last.saturating_sub(g.settled())))
+    }
+
     fn kind(&self) -> BrokerKind {
         BrokerKind::Embedded
     }

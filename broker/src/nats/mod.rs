@@ -173,6 +173,18 @@ impl NatsBroker {
 
 #[async_trait]
 impl Broker for NatsBroker {
+    async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
+        let name = stream_name(subject::stream_key(filter));
+        let stream = match self.js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        match stream.consumer_info(group).await {
+            Ok(info) => Ok(Some(info.num_pending + info.num_ack_pending as u64)),
+            Err(_) => Ok(None),
+        }
+    }
+
     async fn health(&self) -> Result<(), BrokerError> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),

@@ -236,6 +236,7 @@ pub fn fast_options() -> ConsumerOptions {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
+        lag_interval: Duration::from_millis(50),
         ..ConsumerOptions::default()
     }
 }
