@@ -205,6 +205,63 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
     env.cleanup().await;
 }
 
+/// Panics on the first delivery of total 1, hangs on the first of total 2.
+async fn flaky(ctx: Ctx<Arc<Probe>>, ev: OrderPlaced) -> Result<(), HandlerError> {
+    ctx.state()
+        .record(&ctx.envelope().id, &ev.order_id, ev.total_cents);
+    if ctx.delivered() == 1 {
+        match ev.total_cents {
+            1 => panic!("simulated bug"),
+            2 => tokio::time::sleep(Duration::from_secs(60)).await,
+            _ => {}
+        }
+    }
+    ctx.db()
+        .execute(&insert_row(
+            &ctx.envelope().id,
+            &ev.order_id,
+            ev.total_cents,
+        ))
+        .await?;
+    Ok(())
+}
+
+async fn a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on(
+    b: BrokerBackend,
+    d: DbBackend,
+) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let metrics = Metrics::new();
+    let subject = env.subject("order.placed");
+    let options = ConsumerOptions {
+        handler_timeout: Duration::from_millis(300),
+        ..fast_options()
+    };
+    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+        .metrics(metrics.clone())
+        .reactor(
+            Reactor::new("flaky", probe.clone())
+                .on(&subject, flaky)
+                .options(options),
+        )
+        .start()
+        .await
+        .unwrap();
+    publish_all(
+        env.tb.broker.as_ref(),
+        (1..=3)
+            .map(|i| placed(&subject, &format!("k{i}"), i))
+            .collect(),
+    )
+    .await;
+    eventually("three rows", || async { env.rows().await == 3 }).await;
+    let c = metrics.counts("flaky", &subject);
+    assert_eq!((c.failed, c.retried, c.handled), (2, 2, 3), "{c:?}");
+    svc.stop().await;
+    env.cleanup().await;
+}
+
 async fn shutdown_with_in_flight_events_loses_none_and_handles_none_twice(
     b: BrokerBackend,
     d: DbBackend,
@@ -465,6 +522,7 @@ matrix!(
     per_key_order_holds_with_concurrency,
     a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest,
     a_projection_is_rebuilt_from_the_beginning,
+    a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on,
 );
 
 #[tokio::test]
