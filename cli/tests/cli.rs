@@ -10,11 +10,30 @@ fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 #[test]
 fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = sluice()
-        .args(["up", "--data-dir"])
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -43,6 +62,21 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         "up must not pretend to run services: {ready}"
     );
     assert!(dir.path().join("broker.db").exists());
+    let serving = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sluice up logs where it serves");
+        if line.contains("/healthz") {
+            break line;
+        }
+    };
+    let addr = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address in the log line");
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_owned()));
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
