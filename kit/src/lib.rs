@@ -36,7 +36,7 @@ pub use config::{ConfigError, KitConfig, Secret, load};
 pub use consumer::{ConsumerError, ConsumerOptions};
 pub use handler::{BatchOutcome, Ctx, Item, ProjectionCtx, caused_by};
 pub use metrics::Metrics;
-pub use outbox::{Relay, RelayOptions};
+pub use outbox::{Emitter, Relay, RelayOptions};
 pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
 pub use router::{Projection, Reactor};
 pub use service::{RunningService, Service};

@@ -66,6 +66,69 @@ pub async fn append(db: &impl ConnectionTrait, messages: &[OutboundMessage]) -> 
         .map(|_| ())
 }
 
+/// Emits events from outside a handler — an HTTP request, a command
+/// answered by request/reply — through the outbox: build them with
+/// [`Emitter::event`], then [`Emitter::commit`] writes them in the same
+/// transaction as the state change and wakes the relay.
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    source: String,
+    waker: Option<RelayWaker>,
+}
+
+impl Emitter {
+    /// Events from service `service` (`ce-source` `/sluice/<service>`),
+    /// waking `waker` (a running service's relay) after each commit.
+    pub fn new(service: &str, waker: Option<RelayWaker>) -> Self {
+        Self {
+            source: format!("/sluice/{service}"),
+            waker,
+        }
+    }
+
+    /// An event on `subject` about aggregate `key`, correlated with
+    /// `correlation_id` (the HTTP request's id), carrying the current trace
+    /// context.
+    pub fn event<T>(
+        &self,
+        subject: &str,
+        key: &str,
+        event: &T,
+        correlation_id: Option<&str>,
+    ) -> OutboundMessage
+    where
+        T: prost::Message + prost::Name,
+    {
+        let mut envelope = sluice_proto::Envelope::new::<T>(&*self.source).subject(key);
+        if let Some(c) = correlation_id {
+            envelope = envelope.correlation_id(c);
+        }
+        let mut message = OutboundMessage::event(subject, &envelope, event);
+        crate::trace::inject(&mut message.headers);
+        message
+    }
+
+    /// Appends `messages` to the outbox in `txn`, commits it, and wakes the
+    /// relay. Nothing is published unless the commit succeeds.
+    ///
+    /// # Errors
+    /// Writing or committing failed; the transaction is rolled back.
+    pub async fn commit(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        messages: &[OutboundMessage],
+    ) -> Result<(), DbErr> {
+        append(&txn, messages).await?;
+        txn.commit().await?;
+        if !messages.is_empty()
+            && let Some(w) = &self.waker
+        {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
 /// How many rows wait to be published.
 ///
 /// # Errors

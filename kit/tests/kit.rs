@@ -13,15 +13,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use sluice_broker::Broker;
 use sluice_kit::router::checkpoint;
 use sluice_kit::testing::{BrokerBackend, DbBackend, FaultyBroker};
 use sluice_kit::{
-    BatchOutcome, ConsumerOptions, Ctx, HandlerError, Item, Metrics, Projection, ProjectionCtx,
-    Reactor, Service,
+    BatchOutcome, ConsumerOptions, Ctx, Emitter, HandlerError, Item, Metrics, Projection,
+    ProjectionCtx, Reactor, Service,
 };
-use sluice_proto::shop::orders::v1::OrderPlaced;
+use sluice_proto::shop::orders::v1::{OrderConfirmed, OrderPlaced};
 
 // --- scenarios ---------------------------------------------------------------
 
@@ -258,6 +258,63 @@ async fn a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on(
     eventually("three rows", || async { env.rows().await == 3 }).await;
     let c = metrics.counts("flaky", &subject);
     assert_eq!((c.failed, c.retried, c.handled), (2, 2, 3), "{c:?}");
+    svc.stop().await;
+    env.cleanup().await;
+}
+
+/// Records the correlation id of each confirmation as its key.
+async fn correlated(ctx: Ctx<Arc<Probe>>, ev: OrderConfirmed) -> Result<(), HandlerError> {
+    let correlation = ctx.envelope().correlation_id.clone().unwrap_or_default();
+    ctx.state()
+        .record(&ctx.envelope().id, &correlation, ev.total_cents);
+    Ok(())
+}
+
+async fn events_of_a_request_are_published_only_if_its_transaction_commits(
+    b: BrokerBackend,
+    d: DbBackend,
+) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.confirmed");
+    let svc = Service::new("edge", env.broker(), env.tdb.db.clone())
+        .reactor(
+            Reactor::new("confirmations", probe.clone())
+                .on(&subject, correlated)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let emitter = Emitter::new("edge", svc.relay_waker());
+    let confirmed = |total| OrderConfirmed {
+        order_id: "o-1".into(),
+        customer_id: "c-1".into(),
+        total_cents: total,
+        currency: "EUR".into(),
+    };
+
+    // A request whose transaction commits: its row and its event, together.
+    let txn = env.tdb.db.begin().await.unwrap();
+    txn.execute(&insert_row("r-1", "o-1", 1)).await.unwrap();
+    let m = emitter.event(&subject, "o-1", &confirmed(1), Some("req-1"));
+    emitter.commit(txn, &[m]).await.unwrap();
+
+    // A request that fails after building its event: neither is kept.
+    let txn = env.tdb.db.begin().await.unwrap();
+    txn.execute(&insert_row("r-2", "o-1", 2)).await.unwrap();
+    let _unsent = emitter.event(&subject, "o-1", &confirmed(2), Some("req-2"));
+    txn.rollback().await.unwrap();
+
+    eventually("the committed event", || async {
+        !probe.calls().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = probe.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!((calls[0].key.as_str(), calls[0].n), ("req-1", 1));
+    assert_eq!(env.rows().await, 1);
     svc.stop().await;
     env.cleanup().await;
 }
@@ -523,6 +580,7 @@ matrix!(
     a_batch_with_one_poison_event_dead_letters_it_and_commits_the_rest,
     a_projection_is_rebuilt_from_the_beginning,
     a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on,
+    events_of_a_request_are_published_only_if_its_transaction_commits,
 );
 
 #[tokio::test]
