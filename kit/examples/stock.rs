@@ -94,7 +94,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let service = Service::new("stock", broker.clone(), db.clone())
         .metrics(metrics.clone())
-        .reactor(Reactor::new("stock", Stock).on("orders.order.placed", reserve))
+        .reactor(
+            Reactor::new("stock", Stock)
+                .on("orders.order.placed", reserve)
+                .configured(&config),
+        )
         .start()
         .await?;
     let readiness = Readiness::new()

@@ -143,8 +143,42 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
-/// What every service reads: broker, database, telemetry.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Overrides of one consumer's options (see
+/// [`crate::ConsumerOptions`]); absent fields keep the code's values.
+/// Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Workers handling different keys at the same time.
+    pub concurrency: Option<usize>,
+    /// Most deliveries held at once.
+    pub max_in_flight: Option<usize>,
+    /// Most events per transaction.
+    pub max_wave: Option<usize>,
+    /// Handler timeout.
+    pub handler_timeout_ms: Option<u64>,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: Option<u32>,
+    /// First retry delay.
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest retry delay.
+    pub max_backoff_ms: Option<u64>,
+    /// Growth of the retry delay.
+    pub multiplier: Option<f64>,
+    /// Randomised fraction of each delay.
+    pub jitter: Option<f64>,
+    /// Broker ack wait.
+    pub ack_wait_ms: Option<u64>,
+    /// Broker prefetch.
+    pub prefetch: Option<usize>,
+    /// How long shutdown waits for in-flight events.
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// What every service reads: broker, database, telemetry, and per-consumer
+/// overrides by consumer name (`[consumers.stock]`, or
+/// `SLUICE_CONSUMERS__STOCK__CONCURRENCY=16`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KitConfig {
     /// The broker.
@@ -153,6 +187,8 @@ pub struct KitConfig {
     pub database: DatabaseConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// Option overrides per consumer name.
+    pub consumers: std::collections::BTreeMap<String, ConsumerConfig>,
 }
 
 /// Loads `T`: its defaults, then `file` (if given), then `env`.
@@ -319,6 +355,31 @@ mod tests {
                 .to_string()
                 .contains("broker.url")
         );
+    }
+
+    #[test]
+    fn consumer_options_are_overridden_by_name() {
+        let c: KitConfig = load(
+            None,
+            env(&[
+                ("SLUICE_CONSUMERS__STOCK__CONCURRENCY", "3"),
+                ("SLUICE_CONSUMERS__STOCK__HANDLER_TIMEOUT_MS", "1500"),
+                ("SLUICE_CONSUMERS__STOCK__JITTER", "0"),
+            ]),
+        )
+        .unwrap();
+        let o = crate::ConsumerOptions::default().with_config(&c.consumers["stock"]);
+        assert_eq!(o.concurrency, 3);
+        assert_eq!(o.handler_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(o.retry.jitter, 0.0);
+        assert_eq!(
+            o.max_wave,
+            crate::ConsumerOptions::default().max_wave,
+            "others kept"
+        );
+        let err = load::<KitConfig>(None, env(&[("SLUICE_CONSUMERS__STOCK__CONCURENCY", "3")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,52 @@ impl Default for ConsumerOptions {
     }
 }
 
+impl ConsumerOptions {
+    /// These options with the overrides of `config` applied.
+    #[must_use]
+    pub fn with_config(mut self, config: &crate::config::ConsumerConfig) -> Self {
+        let ms = Duration::from_millis;
+        let c = config;
+        if let Some(v) = c.concurrency {
+            self.concurrency = v;
+        }
+        if let Some(v) = c.max_in_flight {
+            self.max_in_flight = v;
+        }
+        if let Some(v) = c.max_wave {
+            self.max_wave = v;
+        }
+        if let Some(v) = c.handler_timeout_ms {
+            self.handler_timeout = ms(v);
+        }
+        if let Some(v) = c.max_deliveries {
+            self.retry.max_deliveries = v;
+        }
+        if let Some(v) = c.initial_backoff_ms {
+            self.retry.initial_backoff = ms(v);
+        }
+        if let Some(v) = c.max_backoff_ms {
+            self.retry.max_backoff = ms(v);
+        }
+        if let Some(v) = c.multiplier {
+            self.retry.multiplier = v;
+        }
+        if let Some(v) = c.jitter {
+            self.retry.jitter = v;
+        }
+        if let Some(v) = c.ack_wait_ms {
+            self.ack_wait = ms(v);
+        }
+        if let Some(v) = c.prefetch {
+            self.prefetch = v;
+        }
+        if let Some(v) = c.drain_timeout_ms {
+            self.drain_timeout = ms(v);
+        }
+        self
+    }
+}
+
 /// Why a consumer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {

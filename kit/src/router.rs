@@ -138,6 +138,16 @@ macro_rules! builder {
                 self
             }
 
+            /// Applies the overrides configured for this consumer's name
+            /// (`[consumers.<name>]` in the file, `SLUICE_CONSUMERS__<NAME>__…`).
+            #[must_use]
+            pub fn configured(mut self, config: &crate::config::KitConfig) -> Self {
+                if let Some(c) = config.consumers.get(&self.0.name) {
+                    self.0.options = self.0.options.clone().with_config(c);
+                }
+                self
+            }
+
             /// The consumer's name.
             pub fn name(&self) -> &str {
                 &self.0.name
