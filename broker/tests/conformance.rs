@@ -409,6 +409,42 @@ async fn request_reply_answers_and_times_out(fx: &Fixture) {
     server.abort();
 }
 
+async fn one_responder_group_serves_each_subject_with_its_own_responder(fx: &Fixture) {
+    let mut servers = Vec::new();
+    for name in ["cmd.first", "cmd.second"] {
+        let mut requests = fx.broker.serve(&fx.subject(name), "svc").await.unwrap();
+        servers.push(tokio::spawn(async move {
+            while let Some(req) = requests.next().await {
+                req.respond(Headers::new(), name.as_bytes().to_vec())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for name in [
+        "cmd.first",
+        "cmd.first",
+        "cmd.second",
+        "cmd.first",
+        "cmd.second",
+    ] {
+        let req = OutboundMessage::new(fx.subject(name), Headers::new(), Bytes::new());
+        let reply = fx
+            .broker
+            .request(req, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.payload.as_ref(),
+            name.as_bytes(),
+            "answered by its own responder"
+        );
+    }
+    for s in servers {
+        s.abort();
+    }
+}
+
 async fn a_restarted_consumer_resumes_after_the_last_ack(fx: &Fixture) {
     let o = opts(fx, "g").start(StartPosition::Beginning);
     let mut sub = fx.broker.subscribe(o.clone()).await.unwrap();
@@ -505,6 +541,7 @@ macro_rules! conformance {
             a_republished_ce_id_is_stored_once,
             order_is_kept_per_subject_with_one_consumer,
             request_reply_answers_and_times_out,
+            one_responder_group_serves_each_subject_with_its_own_responder,
             a_restarted_consumer_resumes_after_the_last_ack,
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
             lag_counts_what_a_group_has_not_acked,

@@ -1,8 +1,9 @@
 //! `sluice up`: everything on one machine.
 //!
-//! Today this is the embedded broker and the operations endpoints
-//! (`/healthz`, `/readyz`, `/metrics`); the reference services and the REST
-//! edge are built in later work and are not started (nor pretended to be).
+//! Today this is the embedded broker, the inventory service (its database
+//! `inventory.db` beside the log) and the operations endpoints (`/healthz`,
+//! `/readyz`, `/metrics`). The other reference services and the REST edge
+//! are built in later work and are not started (nor pretended to be).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,15 +35,35 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening the embedded log at {}", path.display()))?,
     );
-    let readiness = Readiness::new().broker("embedded", broker.clone());
-    let ops = OpsServer::bind(args.listen, router(readiness, Metrics::new()))
+    let metrics = Metrics::new();
+    let config = sluice_kit::KitConfig::default();
+    let inventory_url = format!(
+        "sqlite://{}?mode=rwc",
+        args.data_dir.join("inventory.db").display()
+    );
+    let inventory_db = sluice_kit::db::open(&inventory_url, 1)
+        .await
+        .with_context(|| format!("opening {inventory_url}"))?;
+    let inventory = sluice_inventory::start(
+        broker.clone(),
+        inventory_db.clone(),
+        &config,
+        metrics.clone(),
+        sluice_inventory::Subjects::default(),
+    )
+    .await
+    .context("starting the inventory service")?;
+    let readiness = Readiness::new()
+        .broker("embedded", broker.clone())
+        .database("inventory", inventory_db);
+    let ops = OpsServer::bind(args.listen, router(readiness, metrics))
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = ops.local_addr().context("the bound address")?;
     tracing::info!(
         log = %path.display(),
         url = %format!("embedded:{}", path.display()),
-        "embedded broker ready; no services run yet: the reference services and REST edge are not built"
+        "embedded broker ready; running: inventory; not built yet: accounts, orders, payments, notifications, media, REST edge"
     );
     tracing::info!(
         listen = %addr,
@@ -52,6 +73,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(ops.run_until(shutdown.listener()));
     shutdown.on_signal().await;
     tracing::info!("shutting down");
+    inventory.stop().await;
     server.await.context("the HTTP server task")??;
     broker.close().await;
     Ok(())

@@ -58,10 +58,11 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(30));
     };
     assert!(
-        ready.contains("no services run yet"),
-        "up must not pretend to run services: {ready}"
+        ready.contains("running: inventory; not built yet:"),
+        "up says what runs and does not pretend to run the rest: {ready}"
     );
     assert!(dir.path().join("broker.db").exists());
+    assert!(dir.path().join("inventory.db").exists());
     let serving = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))

@@ -130,6 +130,41 @@ impl TestBroker {
     }
 }
 
+/// Runs each named scenario, `async fn(BrokerBackend, DbBackend)`, as four
+/// tests in a module of its name: `embedded_sqlite` (the one-machine
+/// setup), `embedded_postgres`, `nats_postgres` and `amqp_postgres` (the
+/// scaled-out ones). The calling crate needs tokio with `macros`.
+#[macro_export]
+macro_rules! backend_matrix {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                use $crate::testing::{BrokerBackend, DbBackend};
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn embedded_sqlite() {
+                    super::$scenario(BrokerBackend::Embedded, DbBackend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn embedded_postgres() {
+                    super::$scenario(BrokerBackend::Embedded, DbBackend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn nats_postgres() {
+                    super::$scenario(BrokerBackend::Nats, DbBackend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn amqp_postgres() {
+                    super::$scenario(BrokerBackend::Amqp, DbBackend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbBackend {

@@ -538,39 +538,7 @@ async fn a_projection_is_rebuilt_from_the_beginning(b: BrokerBackend, d: DbBacke
     env.cleanup().await;
 }
 
-// --- the matrix --------------------------------------------------------------
-
-macro_rules! matrix {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread")]
-                async fn embedded_sqlite() {
-                    super::$scenario(BrokerBackend::Embedded, DbBackend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread")]
-                async fn embedded_postgres() {
-                    super::$scenario(BrokerBackend::Embedded, DbBackend::Postgres).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread")]
-                async fn nats_postgres() {
-                    super::$scenario(BrokerBackend::Nats, DbBackend::Postgres).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread")]
-                async fn amqp_postgres() {
-                    super::$scenario(BrokerBackend::Amqp, DbBackend::Postgres).await;
-                }
-            }
-        )*
-    };
-}
-
-matrix!(
+sluice_kit::backend_matrix!(
     a_duplicate_delivery_runs_the_handler_once,
     a_crash_between_commit_and_publish_loses_no_event,
     a_failing_handler_is_retried_with_growing_delays,

@@ -90,14 +90,17 @@ impl Rpc {
         let target = {
             let mut members = self.lock();
             members.retain(|m| !m.tx.is_closed());
-            let group = members
-                .iter()
-                .find(|m| {
-                    subject::matches(&m.filter, &message.subject) || m.filter == message.subject
-                })
-                .map(|m| m.group.clone());
+            let serves = |m: &Member| {
+                subject::matches(&m.filter, &message.subject) || m.filter == message.subject
+            };
+            let group = members.iter().find(|m| serves(m)).map(|m| m.group.clone());
             group.and_then(|g| {
-                let candidates: Vec<&Member> = members.iter().filter(|m| m.group == g).collect();
+                // Members of the group that serve this subject: one group
+                // may serve several subjects, as a NATS queue group can.
+                let candidates: Vec<&Member> = members
+                    .iter()
+                    .filter(|m| m.group == g && serves(m))
+                    .collect();
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len().max(1);
                 candidates.get(i).map(|m| m.tx.clone())
             })

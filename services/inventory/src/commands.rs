@@ -1,0 +1,179 @@
+//! Product commands, answered by request/reply: create a product, adjust
+//! its stock. Each runs in one transaction with the event it emits; the
+//! reply says what the product now is, or why not (`invalid`, `not_found`,
+//! `conflict`).
+
+use std::sync::Arc;
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sluice_kit::HandlerError;
+use sluice_proto::Envelope;
+use sluice_proto::shop::inventory::v1::{
+    AdjustStock, CreateProduct, Product, ProductCreated, ProductResult, StockAdjusted,
+};
+
+use crate::Inventory;
+use crate::stock::now_micros;
+use crate::tables::products;
+
+fn refused(code: &str, error: impl Into<String>) -> ProductResult {
+    ProductResult {
+        ok: false,
+        error_code: code.to_owned(),
+        error: error.into(),
+        product: None,
+    }
+}
+
+fn product(m: &products::Model) -> Product {
+    Product {
+        product_id: m.id.clone(),
+        sku: m.sku.clone(),
+        name: m.name.clone(),
+        price_cents: m.price_cents,
+        currency: m.currency.clone(),
+        stock: m.stock,
+    }
+}
+
+fn validate(c: &CreateProduct) -> Result<(), String> {
+    if c.sku.is_empty() || c.sku.len() > 64 {
+        return Err("sku must have 1 to 64 characters".into());
+    }
+    if c.name.trim().is_empty() || c.name.len() > 200 {
+        return Err("name must have 1 to 200 characters".into());
+    }
+    if c.price_cents < 0 {
+        return Err("price_cents must not be negative".into());
+    }
+    if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("currency must be a three-letter ISO 4217 code (EUR)".into());
+    }
+    if c.stock < 0 {
+        return Err("stock must not be negative".into());
+    }
+    Ok(())
+}
+
+/// `inventory.cmd.create_product`.
+pub(crate) async fn create_product(
+    inv: Arc<Inventory>,
+    request: Envelope,
+    c: CreateProduct,
+) -> Result<ProductResult, HandlerError> {
+    if let Err(e) = validate(&c) {
+        return Ok(refused("invalid", e));
+    }
+    let txn = inv.db.begin().await?;
+    let taken = products::Entity::find()
+        .filter(products::Column::Sku.eq(c.sku.as_str()))
+        .one(&txn)
+        .await?;
+    if taken.is_some() {
+        return Ok(refused("conflict", format!("sku {} already exists", c.sku)));
+    }
+    let row = products::Model {
+        id: uuid::Uuid::now_v7().to_string(),
+        sku: c.sku.clone(),
+        name: c.name.clone(),
+        price_cents: c.price_cents,
+        currency: c.currency.clone(),
+        stock: c.stock,
+        updated_at: now_micros(),
+    };
+    let insert = products::Entity::insert(products::ActiveModel {
+        id: Set(row.id.clone()),
+        sku: Set(row.sku.clone()),
+        name: Set(row.name.clone()),
+        price_cents: Set(row.price_cents),
+        currency: Set(row.currency.clone()),
+        stock: Set(row.stock),
+        updated_at: Set(row.updated_at),
+    })
+    .exec_without_returning(&txn)
+    .await;
+    if let Err(e) = insert {
+        // A concurrent create of the same sku won the unique index.
+        let _ = txn.rollback().await;
+        return match products::Entity::find()
+            .filter(products::Column::Sku.eq(c.sku.as_str()))
+            .one(&inv.db)
+            .await?
+        {
+            Some(_) => Ok(refused("conflict", format!("sku {} already exists", c.sku))),
+            None => Err(e.into()),
+        };
+    }
+    let event = ProductCreated {
+        product_id: row.id.clone(),
+        sku: row.sku.clone(),
+        name: row.name.clone(),
+        price_cents: row.price_cents,
+        currency: row.currency.clone(),
+        stock: row.stock,
+    };
+    let correlation = request.correlation_id.as_deref();
+    let m = inv
+        .emitter
+        .event(&inv.subjects.product_created, &row.id, &event, correlation);
+    inv.emitter.commit(txn, &[m]).await?;
+    Ok(ProductResult {
+        ok: true,
+        product: Some(product(&row)),
+        ..ProductResult::default()
+    })
+}
+
+/// `inventory.cmd.adjust_stock`.
+pub(crate) async fn adjust_stock(
+    inv: Arc<Inventory>,
+    request: Envelope,
+    a: AdjustStock,
+) -> Result<ProductResult, HandlerError> {
+    if a.delta == 0 {
+        return Ok(refused("invalid", "delta must not be zero"));
+    }
+    let txn = inv.db.begin().await?;
+    let changed = products::Entity::update_many()
+        .col_expr(
+            products::Column::Stock,
+            Expr::col(products::Column::Stock).add(a.delta),
+        )
+        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .filter(products::Column::Id.eq(a.product_id.as_str()))
+        .filter(products::Column::Stock.gte(a.delta.saturating_neg()))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let Some(row) = products::Entity::find_by_id(a.product_id.clone())
+        .one(&txn)
+        .await?
+    else {
+        return Ok(refused("not_found", format!("no product {}", a.product_id)));
+    };
+    if changed == 0 {
+        return Ok(refused(
+            "invalid",
+            format!(
+                "stock of {} would go below zero ({} left)",
+                a.product_id, row.stock
+            ),
+        ));
+    }
+    let event = StockAdjusted {
+        product_id: row.id.clone(),
+        delta: a.delta,
+        stock: row.stock,
+    };
+    let correlation = request.correlation_id.as_deref();
+    let m = inv
+        .emitter
+        .event(&inv.subjects.stock_adjusted, &row.id, &event, correlation);
+    inv.emitter.commit(txn, &[m]).await?;
+    Ok(ProductResult {
+        ok: true,
+        product: Some(product(&row)),
+        ..ProductResult::default()
+    })
+}

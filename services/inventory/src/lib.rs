@@ -1,0 +1,210 @@
+//! The reference shop's inventory service: products and their stock.
+//!
+//! - Commands (request/reply): `inventory.cmd.create_product`,
+//!   `inventory.cmd.adjust_stock` — answered with a `ProductResult`;
+//!   they emit `inventory.product.created` and `inventory.stock.adjusted`.
+//! - Events: on `orders.order.placed` it reserves every line or none
+//!   (`inventory.stock.reserved` / `inventory.stock.rejected` with the
+//!   reason); on `orders.order.cancelled` it gives back what the order
+//!   reserved (`inventory.stock.released`). Stock never goes negative, even
+//!   with concurrent orders for the last item: every take is a guarded
+//!   update, and the column has a check constraint.
+//!
+//! It owns its database (`products`, `reservations`, and the kit's tables).
+
+mod commands;
+pub mod migration;
+mod stock;
+pub mod tables;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use sluice_broker::Broker;
+use sluice_kit::outbox::Emitter;
+use sluice_kit::{ConsumerError, KitConfig, Metrics, Reactor, RunningService, Service, Shutdown};
+
+/// The service's name: its consumer group and `ce-source` (`/sluice/inventory`).
+pub const NAME: &str = "inventory";
+
+/// The subjects the service uses, built from the two domains it touches
+/// (tests use unique domains).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    /// `orders.order.placed`.
+    pub order_placed: String,
+    /// `orders.order.cancelled`.
+    pub order_cancelled: String,
+    /// `inventory.cmd.create_product`.
+    pub create_product: String,
+    /// `inventory.cmd.adjust_stock`.
+    pub adjust_stock: String,
+    /// `inventory.product.created`.
+    pub product_created: String,
+    /// `inventory.stock.adjusted`.
+    pub stock_adjusted: String,
+    /// `inventory.stock.reserved`.
+    pub stock_reserved: String,
+    /// `inventory.stock.rejected`.
+    pub stock_rejected: String,
+    /// `inventory.stock.released`.
+    pub stock_released: String,
+}
+
+impl Subjects {
+    /// The subjects with `orders` and `inventory` as the domains' names.
+    pub fn new(orders: &str, inventory: &str) -> Self {
+        Self {
+            order_placed: format!("{orders}.order.placed"),
+            order_cancelled: format!("{orders}.order.cancelled"),
+            create_product: format!("{inventory}.cmd.create_product"),
+            adjust_stock: format!("{inventory}.cmd.adjust_stock"),
+            product_created: format!("{inventory}.product.created"),
+            stock_adjusted: format!("{inventory}.stock.adjusted"),
+            stock_reserved: format!("{inventory}.stock.reserved"),
+            stock_rejected: format!("{inventory}.stock.rejected"),
+            stock_released: format!("{inventory}.stock.released"),
+        }
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new("orders", "inventory")
+    }
+}
+
+/// What the handlers share.
+pub struct Inventory {
+    db: DatabaseConnection,
+    emitter: Emitter,
+    subjects: Subjects,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("subjects", &self.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Migrating the schema failed.
+    #[error("cannot migrate the inventory schema: {0}")]
+    Migrate(sea_orm::DbErr),
+    /// A consumer could not subscribe.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// Request serving could not start.
+    #[error("cannot serve inventory commands: {0}")]
+    Serve(sluice_broker::BrokerError),
+}
+
+/// The running inventory service.
+#[derive(Debug)]
+pub struct Running {
+    service: RunningService,
+    shutdown: Shutdown,
+    commands: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops answering commands, then stops the consumers gracefully.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        for c in self.commands {
+            let _ = c.await;
+        }
+        self.service.stop().await;
+    }
+
+    /// Stops at once, as a crash would.
+    pub fn kill(self) {
+        for c in &self.commands {
+            c.abort();
+        }
+        self.service.kill();
+    }
+}
+
+/// Migrates `db` and starts the service on `broker`.
+///
+/// # Errors
+/// Migration, subscribing or serving failed.
+pub async fn start(
+    broker: Arc<dyn Broker>,
+    db: DatabaseConnection,
+    config: &KitConfig,
+    metrics: Metrics,
+    subjects: Subjects,
+) -> Result<Running, StartError> {
+    migration::Migrator::up(&db, None)
+        .await
+        .map_err(StartError::Migrate)?;
+    // Event handlers emit through their context (the kit's outbox and
+    // relay); only the commands use an emitter, made once the relay runs.
+    let handler_state = Inventory {
+        db: db.clone(),
+        emitter: Emitter::new(NAME, None),
+        subjects: subjects.clone(),
+    };
+    let reactor = Reactor::new(NAME, handler_state)
+        .on(&subjects.order_placed, stock::reserve)
+        .on(&subjects.order_cancelled, stock::release)
+        .configured(config);
+    let service = Service::new(NAME, broker.clone(), db.clone())
+        .metrics(metrics)
+        .reactor(reactor)
+        .start()
+        .await?;
+    let inventory = Arc::new(Inventory {
+        db,
+        emitter: Emitter::new(NAME, service.relay_waker()),
+        subjects: subjects.clone(),
+    });
+    let shutdown = Shutdown::new();
+    let mut commands = Vec::new();
+    let create = sluice_kit::rpc::serve(
+        broker.clone(),
+        NAME,
+        &subjects.create_product,
+        NAME,
+        inventory.clone(),
+        commands::create_product,
+        shutdown.listener(),
+    )
+    .await;
+    let adjust = sluice_kit::rpc::serve(
+        broker,
+        NAME,
+        &subjects.adjust_stock,
+        NAME,
+        inventory,
+        commands::adjust_stock,
+        shutdown.listener(),
+    )
+    .await;
+    for r in [create, adjust] {
+        match r {
+            Ok(task) => commands.push(task),
+            Err(e) => {
+                shutdown.trigger();
+                service.stop().await;
+                return Err(StartError::Serve(e));
+            }
+        }
+    }
+    Ok(Running {
+        service,
+        shutdown,
+        commands,
+    })
+}
+
+/// How long a command may take before the caller gives up (for requesters).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
