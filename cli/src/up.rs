@@ -1,9 +1,10 @@
 //! `sluice up`: everything on one machine.
 //!
-//! Today this is the embedded broker, the inventory service (its database
-//! `inventory.db` beside the log) and the operations endpoints (`/healthz`,
-//! `/readyz`, `/metrics`). The other reference services and the REST edge
-//! are built in later work and are not started (nor pretended to be).
+//! Today this is the embedded broker, the inventory and payments services
+//! (each with its database beside the log: `inventory.db`, `payments.db`)
+//! and the operations endpoints (`/healthz`, `/readyz`, `/metrics`). The
+//! other reference services and the REST edge are built in later work and
+//! are not started (nor pretended to be).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +38,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let config = sluice_kit::KitConfig::default();
-    let inventory_url = format!(
-        "sqlite://{}?mode=rwc",
-        args.data_dir.join("inventory.db").display()
-    );
-    let inventory_db = sluice_kit::db::open(&inventory_url, 1)
-        .await
-        .with_context(|| format!("opening {inventory_url}"))?;
+    let inventory_db = service_db(&args.data_dir, "inventory").await?;
     let inventory = sluice_inventory::start(
         broker.clone(),
         inventory_db.clone(),
@@ -53,9 +48,20 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the inventory service")?;
+    let payments_db = service_db(&args.data_dir, "payments").await?;
+    let payments = sluice_payments::start(
+        broker.clone(),
+        payments_db.clone(),
+        &config,
+        metrics.clone(),
+        sluice_payments::Subjects::default(),
+    )
+    .await
+    .context("starting the payments service")?;
     let readiness = Readiness::new()
         .broker("embedded", broker.clone())
-        .database("inventory", inventory_db);
+        .database("inventory", inventory_db)
+        .database("payments", payments_db);
     let ops = OpsServer::bind(args.listen, router(readiness, metrics))
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -63,7 +69,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing::info!(
         log = %path.display(),
         url = %format!("embedded:{}", path.display()),
-        "embedded broker ready; running: inventory; not built yet: accounts, orders, payments, notifications, media, REST edge"
+        "embedded broker ready; running: inventory, payments; not built yet: accounts, orders, notifications, media, REST edge"
     );
     tracing::info!(
         listen = %addr,
@@ -74,7 +80,22 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     shutdown.on_signal().await;
     tracing::info!("shutting down");
     inventory.stop().await;
+    payments.stop().await;
     server.await.context("the HTTP server task")??;
     broker.close().await;
     Ok(())
+}
+
+/// Opens (creating) the SQLite database of `service` under `data_dir`.
+async fn service_db(
+    data_dir: &std::path::Path,
+    service: &str,
+) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join(format!("{service}.db")).display()
+    );
+    sluice_kit::db::open(&url, 1)
+        .await
+        .with_context(|| format!("opening the {service} database at {url}"))
 }

@@ -58,11 +58,12 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(30));
     };
     assert!(
-        ready.contains("running: inventory; not built yet:"),
+        ready.contains("running: inventory, payments; not built yet:"),
         "up says what runs and does not pretend to run the rest: {ready}"
     );
     assert!(dir.path().join("broker.db").exists());
     assert!(dir.path().join("inventory.db").exists());
+    assert!(dir.path().join("payments.db").exists());
     let serving = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))

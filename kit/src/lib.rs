@@ -15,6 +15,7 @@
 //!   database (SQLite by default, PostgreSQL) and creates the kit's tables;
 //!   [`telemetry`] sets up logging.
 
+pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod db;

@@ -132,6 +132,12 @@ impl Running {
     }
 }
 
+impl sluice_kit::app::Stop for Running {
+    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(Running::stop(self))
+    }
+}
+
 /// Migrates `db` and starts the service on `broker`.
 ///
 /// # Errors

@@ -1,0 +1,29 @@
+//! `sluice-payments`: the payments service as its own process.
+//!
+//! Configured like every Sluice service (see `sluice_kit::app`); the
+//! database defaults to `sqlite://data/payments.db`, the operations endpoints
+//! to 127.0.0.1:9104. A failure is one line on stderr and exit code 1.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = sluice_kit::app::run(sluice_payments::NAME, "127.0.0.1:9104", |r| async move {
+        sluice_payments::start(
+            r.broker,
+            r.db,
+            &r.config,
+            r.metrics,
+            sluice_payments::Subjects::default(),
+        )
+        .await
+    })
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-payments: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
