@@ -2,31 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_kit::testing::{Lines, address_in, http_get};
 
 fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
@@ -40,23 +22,8 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let ready = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("sluice up logs readiness");
-        if line.contains("embedded broker ready") {
-            break line;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30));
-    };
+    let lines = Lines::read(child.stderr.take().unwrap());
+    let ready = lines.wait_for("embedded broker ready", Duration::from_secs(30));
     assert!(
         ready.contains("running: inventory, payments; not built yet:"),
         "up says what runs and does not pretend to run the rest: {ready}"
@@ -64,19 +31,8 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     assert!(dir.path().join("broker.db").exists());
     assert!(dir.path().join("inventory.db").exists());
     assert!(dir.path().join("payments.db").exists());
-    let serving = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("sluice up logs where it serves");
-        if line.contains("/healthz") {
-            break line;
-        }
-    };
-    let addr = serving
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address in the log line");
+    let serving = lines.wait_for("/healthz", Duration::from_secs(30));
+    let addr = address_in(&serving).expect("an address in the log line");
     assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_owned()));
     let status = Command::new("kill")

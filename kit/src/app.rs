@@ -83,6 +83,29 @@ pub enum AppError {
     Ops(std::io::Error),
 }
 
+/// [`run`] for a binary's `main`: a failure is one line on stderr
+/// (`sluice-<name>: …`) and exit code 1.
+pub async fn main<F, Fut, S, E>(
+    name: &str,
+    default_listen: &str,
+    start: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Resources) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    S: Stop,
+    E: std::fmt::Display,
+{
+    match run(name, default_listen, start).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The binary's edge: logs may be off, the reason must show.
+            eprintln!("sluice-{name}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// Runs service `name` until SIGTERM or ctrl-c, then stops it gracefully.
 /// `default_listen` is where `/healthz`, `/readyz` and `/metrics` are
 /// served unless `SLUICE_LISTEN` says otherwise.

@@ -450,6 +450,75 @@ impl Acker for FaultyAcker {
     }
 }
 
+/// A plain blocking HTTP/1.1 GET of `path` on `addr` (`host:port`):
+/// the status and the body.
+///
+/// # Panics
+/// When the server cannot be reached or answers something that is not HTTP.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send to {addr}: {e}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The lines a child process writes to a pipe, read on a thread of their own.
+#[derive(Debug)]
+pub struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    /// Starts reading `pipe` (a child's stderr or stdout).
+    pub fn read(pipe: impl std::io::Read + Send + 'static) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// The first line containing `needle`, waiting at most `within`.
+    ///
+    /// # Panics
+    /// When no such line comes in time.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line containing {needle:?} within {within:?}"),
+            }
+        }
+    }
+}
+
+/// The `host:port` after `http://` in a log line.
+pub fn address_in(line: &str) -> Option<&str> {
+    line.split("http://").nth(1)?.split('/').next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

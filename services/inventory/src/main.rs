@@ -4,11 +4,9 @@
 //! database defaults to `sqlite://data/inventory.db`, the operations endpoints
 //! to 127.0.0.1:9102. A failure is one line on stderr and exit code 1.
 
-use std::process::ExitCode;
-
 #[tokio::main]
-async fn main() -> ExitCode {
-    let result = sluice_kit::app::run(sluice_inventory::NAME, "127.0.0.1:9102", |r| async move {
+async fn main() -> std::process::ExitCode {
+    sluice_kit::app::main(sluice_inventory::NAME, "127.0.0.1:9102", |r| async move {
         sluice_inventory::start(
             r.broker,
             r.db,
@@ -18,12 +16,5 @@ async fn main() -> ExitCode {
         )
         .await
     })
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluice-inventory: {e}");
-            ExitCode::from(1)
-        }
-    }
+    .await
 }

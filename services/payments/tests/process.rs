@@ -4,21 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn http_get(addr: &str, path: &str) -> u16 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out[9..12].parse().unwrap()
-}
+use sluice_kit::testing::{Lines, address_in, http_get};
 
 #[test]
 fn the_service_process_is_ready_and_stops_on_sigterm() {
@@ -38,28 +27,10 @@ fn the_service_process_is_ready_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the service says it runs");
-        if line.contains("service running") {
-            break line;
-        }
-    };
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_owned();
-    assert_eq!(http_get(&addr, "/readyz"), 200);
+    let lines = Lines::read(child.stderr.take().unwrap());
+    let line = lines.wait_for("service running", Duration::from_secs(60));
+    let addr = address_in(&line).expect("an address").to_owned();
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -80,5 +51,8 @@ fn a_bad_setting_is_a_one_line_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("SLUICE_LISTEN"), "{stderr}");
+    assert!(
+        stderr.starts_with("sluice-payments: SLUICE_LISTEN"),
+        "{stderr}"
+    );
 }
