@@ -64,6 +64,18 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
     }
 }
 
+/// `url` with the password of its userinfo replaced by `***`, for messages
+/// and logs (`amqp://guest:***@host/%2f`); a URL without one is unchanged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s && url[s + 3..at].contains(':') => {
+            let user = url[s + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Whether a TCP connection to the host of a `scheme://[user@]host[:port]/…`
 /// URL succeeds within 3 s, so an unreachable broker fails fast and clearly.
 #[cfg(any(feature = "nats", feature = "amqp"))]

@@ -34,7 +34,7 @@ pub mod embedded;
 pub mod nats;
 
 pub use broker::{Broker, BrokerKind};
-pub use connect::{BrokerUrl, connect};
+pub use connect::{BrokerUrl, connect, redact_url};
 pub use delivery::{
     Acker, Delivery, PumpHandle, Request, RequestPump, Requests, Responder, Subscription,
 };

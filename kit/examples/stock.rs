@@ -5,15 +5,13 @@
 //! `inventory.stock.reserved` or `inventory.stock.rejected`.
 //!
 //! Run it with `cargo run -p sluice-kit --example stock`; it uses the
-//! embedded broker and a SQLite file under `./data` unless
-//! `SLUICE_BROKER__URL` and `DATABASE_URL` say otherwise, and serves
-//! /healthz, /readyz and /metrics on 127.0.0.1:9090.
+//! embedded broker and `./data/stock.db` unless `SLUICE_BROKER__URL` and
+//! `DATABASE_URL` say otherwise, and serves /healthz, /readyz and /metrics
+//! on 127.0.0.1:9090 (`SLUICE_LISTEN`).
 
-use anyhow::Context;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
-use sluice_kit::health::{OpsServer, Readiness, router};
-use sluice_kit::{Ctx, HandlerError, KitConfig, Metrics, Reactor, Service, Shutdown};
+use sluice_kit::{Ctx, HandlerError, Reactor, Service};
 use sluice_proto::shop::inventory::v1::{ReservedLine, StockRejected, StockReserved};
 use sluice_proto::shop::orders::v1::{OrderLine, OrderPlaced};
 
@@ -78,39 +76,26 @@ async fn adjust(
     Ok(db.execute(&update).await?.rows_affected() == 1)
 }
 
+/// The whole process: configuration, telemetry, broker and database,
+/// /healthz /readyz /metrics, graceful stop on SIGTERM or ctrl-c — all in
+/// `app::main`; the service only says what it runs.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config: KitConfig = sluice_kit::load(None, std::env::vars())?;
-    let telemetry = sluice_kit::telemetry::init(&config.telemetry, "stock")?;
-    let broker = sluice_broker::connect(config.broker.url.expose())
-        .await
-        .context("connect to the broker")?;
-    let db = sluice_kit::db::open(config.database.url.expose(), 8).await?;
-    db.execute_unprepared(
-        "CREATE TABLE IF NOT EXISTS stock (sku VARCHAR(64) PRIMARY KEY, available BIGINT NOT NULL)",
-    )
-    .await?;
-
-    let metrics = Metrics::new();
-    let service = Service::new("stock", broker.clone(), db.clone())
-        .metrics(metrics.clone())
-        .reactor(
-            Reactor::new("stock", Stock)
-                .on("orders.order.placed", reserve)
-                .configured(&config),
+async fn main() -> std::process::ExitCode {
+    sluice_kit::app::main("stock", "127.0.0.1:9090", |r| async move {
+        r.db.execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS stock (sku VARCHAR(64) PRIMARY KEY, available BIGINT NOT NULL)",
         )
-        .start()
         .await?;
-    let readiness = Readiness::new()
-        .broker("main", broker)
-        .database("stock", db);
-    let ops = OpsServer::bind("127.0.0.1:9090".parse()?, router(readiness, metrics)).await?;
-
-    let shutdown = Shutdown::new();
-    let ops = tokio::spawn(ops.run_until(shutdown.listener()));
-    shutdown.on_signal().await;
-    service.stop().await;
-    ops.await??;
-    telemetry.shutdown().await;
-    Ok(())
+        let service = Service::new("stock", r.broker, r.db)
+            .metrics(r.metrics)
+            .reactor(
+                Reactor::new("stock", Stock)
+                    .on("orders.order.placed", reserve)
+                    .configured(&r.config),
+            )
+            .start()
+            .await?;
+        Ok::<_, anyhow::Error>(service)
+    })
+    .await
 }

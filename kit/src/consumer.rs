@@ -355,10 +355,10 @@ where
     }
 
     async fn settle(&self, job: Job, outcome: Outcome) {
-        let subject = job.delivery.message.subject.clone();
-        let labels = self.metrics.labels(&subject);
+        let labels = self.metrics.labels(&job.delivery.message.subject);
         let result = match outcome {
             Outcome::Handled => {
+                labels.received();
                 labels.handled();
                 job.delivery.ack().await.map(|()| Settled::Acked)
             }
@@ -368,6 +368,7 @@ where
             }
             Outcome::Ignored => job.delivery.ack().await.map(|()| Settled::Acked),
             Outcome::Failed(e) => {
+                labels.received();
                 labels.failed();
                 self.spec.options.retry.settle(job.delivery, Err(e)).await
             }
@@ -378,7 +379,7 @@ where
             Ok(Settled::Acked) => {}
             Err(e) => tracing::warn!(
                 consumer = %self.spec.name,
-                %subject,
+                subject = labels.subject(),
                 error = %e,
                 "could not settle a delivery; the broker will deliver it again"
             ),
@@ -406,7 +407,7 @@ where
 
     /// One transaction over `jobs`; `Err` when anything failed (rolled back).
     async fn attempt(&self, jobs: &[Job]) -> Result<Vec<Outcome>, HandlerError> {
-        let txn = Arc::new(self.db.begin().await.map_err(db_error)?);
+        let txn = Arc::new(self.db.begin().await?);
         let result = self.run_in(&txn, jobs).await;
         match result {
             Ok((outcomes, emitted)) => {
@@ -416,7 +417,7 @@ where
                             .into(),
                     )
                 })?;
-                txn.commit().await.map_err(db_error)?;
+                txn.commit().await?;
                 if emitted > 0
                     && let Some(w) = &self.waker
                 {
@@ -442,9 +443,7 @@ where
     ) -> Result<(Vec<Outcome>, usize), HandlerError> {
         let name = &self.spec.name;
         let mut fresh =
-            crate::inbox::record(&**txn, name, jobs.iter().map(|j| j.envelope.id.as_str()))
-                .await
-                .map_err(db_error)?;
+            crate::inbox::record(&**txn, name, jobs.iter().map(|j| j.envelope.id.as_str())).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut emitted = Vec::new();
         // Batch routes: route index -> (job index, decoded item).
@@ -460,7 +459,6 @@ where
                 outcomes.push(Outcome::Ignored);
                 continue;
             };
-            self.metrics.labels(&message.subject).received();
             match &self.spec.routes[r].handle {
                 Handle::Single(h) => {
                     let job_ctx = self.job_ctx(txn, job);
@@ -488,9 +486,7 @@ where
                     }
                     Err(e) => {
                         // Poison: dead-letter it, commit the rest.
-                        crate::inbox::forget(&**txn, name, &job.envelope.id)
-                            .await
-                            .map_err(db_error)?;
+                        crate::inbox::forget(&**txn, name, &job.envelope.id).await?;
                         outcomes.push(Outcome::Failed(e));
                     }
                 },
@@ -516,16 +512,12 @@ where
                 .observe(started.elapsed());
             for (k, error) in outcome.failed {
                 let Some(&i) = indexes.get(k) else { continue };
-                crate::inbox::forget(&**txn, name, &jobs[i].envelope.id)
-                    .await
-                    .map_err(db_error)?;
+                crate::inbox::forget(&**txn, name, &jobs[i].envelope.id).await?;
                 outcomes[i] = Outcome::Failed(error);
             }
             emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
         }
-        crate::outbox::append(&**txn, &emitted)
-            .await
-            .map_err(db_error)?;
+        crate::outbox::append(&**txn, &emitted).await?;
         if self.projection {
             self.checkpoint(txn, jobs, &outcomes).await?;
         }
@@ -577,8 +569,7 @@ where
         checkpoint::Entity::insert(row)
             .on_conflict(on_conflict)
             .exec_without_returning(txn)
-            .await
-            .map_err(db_error)?;
+            .await?;
         Ok(())
     }
 
@@ -635,10 +626,6 @@ async fn guard<T>(
             "handler timed out after {timeout:?}"
         ))),
     }
-}
-
-fn db_error(e: sea_orm::DbErr) -> HandlerError {
-    HandlerError::Transient(format!("database: {e}"))
 }
 
 /// Feeds one subscription's deliveries to the scheduler until shutdown;

@@ -256,6 +256,7 @@ impl ConsumerMetrics {
         };
         let m = &self.metrics;
         let handles = Arc::new(SubjectMetrics {
+            subject: subject.to_owned(),
             received: m.received.get_or_create_owned(&labels),
             handled: m.handled.get_or_create_owned(&labels),
             failed: m.failed.get_or_create_owned(&labels),
@@ -275,6 +276,7 @@ impl ConsumerMetrics {
 /// The metric handles of one subject and group.
 #[derive(Debug)]
 pub(crate) struct SubjectMetrics {
+    subject: String,
     received: Counter,
     handled: Counter,
     failed: Counter,
@@ -285,6 +287,9 @@ pub(crate) struct SubjectMetrics {
 }
 
 impl SubjectMetrics {
+    pub(crate) fn subject(&self) -> &str {
+        &self.subject
+    }
     pub(crate) fn received(&self) {
         self.received.inc();
     }

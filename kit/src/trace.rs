@@ -50,11 +50,3 @@ pub fn set_parent(span: &tracing::Span, headers: &Headers) {
         let _ = span.set_parent(cx);
     }
 }
-
-/// The trace id (32 hex digits) of a `traceparent` header value.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let _version = parts.next()?;
-    let id = parts.next()?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}

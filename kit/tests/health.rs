@@ -12,23 +12,14 @@ use std::time::Duration;
 use common::*;
 use sluice_broker::Broker;
 use sluice_kit::health::{OpsServer, Readiness, router};
-use sluice_kit::testing::{BrokerBackend, DbBackend, NatsServer, TestDb};
+use sluice_kit::testing::{BrokerBackend, DbBackend, NatsServer, TestDb, http_get};
 use sluice_kit::{Metrics, Reactor, Service, Shutdown};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A plain HTTP/1.1 GET: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+/// The kit's blocking GET, off the runtime that serves the request.
+async fn get(addr: SocketAddr, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http_get(&addr.to_string(), path))
+        .await
+        .unwrap()
 }
 
 async fn start(readiness: Readiness, metrics: Metrics) -> (SocketAddr, Shutdown) {

@@ -143,16 +143,8 @@ async fn a_failing_handler_is_retried_with_growing_delays(b: BrokerBackend, d: D
     let subject = env.subject("order.placed");
     let mut options = fast_options();
     options.retry.initial_backoff = Duration::from_millis(300);
-    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
-        .metrics(metrics.clone())
-        .reactor(
-            Reactor::new("retry", probe.clone())
-                .on(&subject, record)
-                .options(options),
-        )
-        .start()
-        .await
-        .unwrap();
+    let reactor = Reactor::new("retry", probe.clone()).on(&subject, record);
+    let svc = env.start_measured(reactor.options(options), &metrics).await;
     publish_all(env.tb.broker.as_ref(), vec![placed(&subject, "k", 1)]).await;
     eventually("the row", || async { env.rows().await == 1 }).await;
     let calls = probe.calls();
@@ -238,16 +230,8 @@ async fn a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on(
         handler_timeout: Duration::from_millis(300),
         ..fast_options()
     };
-    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
-        .metrics(metrics.clone())
-        .reactor(
-            Reactor::new("flaky", probe.clone())
-                .on(&subject, flaky)
-                .options(options),
-        )
-        .start()
-        .await
-        .unwrap();
+    let reactor = Reactor::new("flaky", probe.clone()).on(&subject, flaky);
+    let svc = env.start_measured(reactor.options(options), &metrics).await;
     publish_all(
         env.tb.broker.as_ref(),
         (1..=3)

@@ -143,18 +143,6 @@ pub(crate) async fn declare_topic_exchange(
         .map_err(|e| BrokerError::Backend(format!("declaring exchange {name}: {e}")))
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 pub(crate) fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -176,15 +164,18 @@ impl AmqpBroker {
         if !crate::connect::probe(url, port).await {
             return Err(BrokerError::Connection(format!(
                 "no RabbitMQ server answers at {}",
-                redact(url)
+                crate::redact_url(url)
             )));
         }
         let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
             .await
             .map_err(|_| {
-                BrokerError::Connection(format!("{}: no answer within 10 s", redact(url)))
+                BrokerError::Connection(format!(
+                    "{}: no answer within 10 s",
+                    crate::redact_url(url)
+                ))
             })?
-            .map_err(|e| BrokerError::Connection(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| BrokerError::Connection(format!("{}: {e}", crate::redact_url(url))))?;
         let publisher = conn.create_channel().await.map_err(backend)?;
         publisher
             .confirm_select(Default::default())
@@ -486,10 +477,10 @@ mod tests {
     #[test]
     fn passwords_never_reach_error_messages() {
         assert_eq!(
-            redact("amqp://guest:s3cret@host:5672/%2f"),
+            crate::redact_url("amqp://guest:s3cret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(crate::redact_url("amqp://host:5672"), "amqp://host:5672");
     }
 
     #[test]

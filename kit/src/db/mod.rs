@@ -100,18 +100,7 @@ fn ensure_folder(url: &str) -> Result<(), DbError> {
 }
 
 /// `url` with any password replaced by `***`, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((auth, host)) if auth.contains(':') => {
-            let user = auth.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use sluice_broker::redact_url as redact;
 
 /// Whether `db` is PostgreSQL (where the relay takes an advisory lock).
 pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
@@ -119,7 +108,7 @@ pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
 }
 
 /// Microseconds since the Unix epoch, the kit's timestamp column type.
-pub(crate) fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

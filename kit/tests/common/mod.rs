@@ -16,7 +16,7 @@ use sluice_broker::{
 };
 use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
 use sluice_kit::{
-    ConsumerOptions, Ctx, HandlerError, Reactor, RetryPolicy, RunningService, Service,
+    ConsumerOptions, Ctx, HandlerError, Metrics, Reactor, RetryPolicy, RunningService, Service,
 };
 use sluice_proto::Envelope;
 use sluice_proto::shop::orders::v1::{OrderConfirmed, OrderPlaced};
@@ -57,7 +57,17 @@ impl Env {
 
     /// Runs `reactor` alone in a service on this test's broker and database.
     pub async fn start<S: Send + Sync + 'static>(&self, reactor: Reactor<S>) -> RunningService {
+        self.start_measured(reactor, &Metrics::new()).await
+    }
+
+    /// As [`Env::start`], recording in `metrics`.
+    pub async fn start_measured<S: Send + Sync + 'static>(
+        &self,
+        reactor: Reactor<S>,
+        metrics: &Metrics,
+    ) -> RunningService {
         Service::new("t", self.broker(), self.tdb.db.clone())
+            .metrics(metrics.clone())
             .reactor(reactor)
             .start()
             .await

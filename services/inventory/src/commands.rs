@@ -8,13 +8,13 @@ use std::sync::Arc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
 use sluice_kit::HandlerError;
+use sluice_kit::db::now_micros;
 use sluice_proto::Envelope;
 use sluice_proto::shop::inventory::v1::{
     AdjustStock, CreateProduct, Product, ProductCreated, ProductResult, StockAdjusted,
 };
 
 use crate::Inventory;
-use crate::stock::now_micros;
 use crate::tables::products;
 
 fn refused(code: &str, error: impl Into<String>) -> ProductResult {

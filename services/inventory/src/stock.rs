@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sluice_kit::db::now_micros;
 use sluice_kit::{Ctx, HandlerError};
 use sluice_proto::shop::inventory::v1::{
     ReservedLine, StockRejected, StockReleased, StockReserved,
@@ -161,12 +162,4 @@ fn reserved_lines(lines: &BTreeMap<String, i64>) -> Vec<ReservedLine> {
             quantity: u32::try_from(*quantity).unwrap_or(u32::MAX),
         })
         .collect()
-}
-
-/// Microseconds since the Unix epoch.
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

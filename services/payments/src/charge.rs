@@ -1,6 +1,7 @@
 //! Charging orders (once each) and refunding captured payments.
 
 use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+use sluice_kit::db::now_micros;
 use sluice_kit::{Ctx, HandlerError};
 use sluice_proto::shop::payments::v1::{
     ChargePayment, PaymentCaptured, PaymentDeclined, PaymentRefunded, RefundPayment,
@@ -117,12 +118,4 @@ pub(crate) async fn refund(ctx: Ctx<Payments>, cmd: RefundPayment) -> Result<(),
         },
     );
     Ok(())
-}
-
-/// Microseconds since the Unix epoch.
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
