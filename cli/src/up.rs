@@ -1,10 +1,10 @@
 //! `sluice up`: everything on one machine.
 //!
-//! Today this is the embedded broker, the inventory and payments services
-//! (each with its database beside the log: `inventory.db`, `payments.db`)
-//! and the operations endpoints (`/healthz`, `/readyz`, `/metrics`). The
-//! other reference services and the REST edge are built in later work and
-//! are not started (nor pretended to be).
+//! The embedded broker (`broker.db`), every service of the reference shop
+//! (each with its own SQLite database beside the log, see
+//! [`crate::platform`]) and the operations endpoints (`/healthz`, `/readyz`,
+//! `/metrics`). The REST edge is built in later work and is not started
+//! (nor pretended to be).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ use sluice_broker::Broker;
 use sluice_broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use sluice_kit::health::{OpsServer, Readiness, router};
 use sluice_kit::{Metrics, Shutdown};
+
+use crate::platform::Platform;
 
 /// Arguments of `sluice up`.
 #[derive(Debug, clap::Args)]
@@ -27,9 +29,11 @@ pub(crate) struct UpArgs {
     listen: SocketAddr,
 }
 
-/// Opens the embedded log, serves the operations endpoints, and keeps both
-/// up until ctrl-c or SIGTERM.
+/// Opens the embedded log, starts every service of the shop, serves the
+/// operations endpoints, and keeps everything up until ctrl-c or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let path = args.data_dir.join("broker.db");
     let broker: Arc<dyn Broker> = Arc::new(
         EmbeddedBroker::open(&path, EmbeddedOptions::default())
@@ -38,38 +42,29 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let config = sluice_kit::KitConfig::default();
-    let inventory_db = service_db(&args.data_dir, "inventory").await?;
-    let inventory = sluice_inventory::start(
-        broker.clone(),
-        inventory_db.clone(),
-        &config,
-        metrics.clone(),
-        sluice_inventory::Subjects::default(),
-    )
-    .await
-    .context("starting the inventory service")?;
-    let payments_db = service_db(&args.data_dir, "payments").await?;
-    let payments = sluice_payments::start(
-        broker.clone(),
-        payments_db.clone(),
-        &config,
-        metrics.clone(),
-        sluice_payments::Subjects::default(),
-    )
-    .await
-    .context("starting the payments service")?;
-    let readiness = Readiness::new()
-        .broker("embedded", broker.clone())
-        .database("inventory", inventory_db)
-        .database("payments", payments_db);
-    let ops = OpsServer::bind(args.listen, router(readiness, metrics))
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let platform = match Platform::start(broker.clone(), &args.data_dir, &config, &metrics).await {
+        Ok(p) => p,
+        Err(e) => {
+            broker.close().await;
+            return Err(e);
+        }
+    };
+    let readiness = platform.readiness(Readiness::new().broker("embedded", broker.clone()));
+    let ops = match OpsServer::bind(args.listen, router(readiness, metrics)).await {
+        Ok(ops) => ops,
+        Err(e) => {
+            platform.stop().await;
+            broker.close().await;
+            return Err(e).with_context(|| format!("listening on {}", args.listen));
+        }
+    };
     let addr = ops.local_addr().context("the bound address")?;
     tracing::info!(
         log = %path.display(),
         url = %format!("embedded:{}", path.display()),
-        "embedded broker ready; running: inventory, payments; not built yet: accounts, orders, notifications, media, REST edge"
+        data = %args.data_dir.display(),
+        "embedded broker ready; running: {}; not built yet: REST edge",
+        platform.names().join(", ")
     );
     tracing::info!(
         listen = %addr,
@@ -79,23 +74,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(ops.run_until(shutdown.listener()));
     shutdown.on_signal().await;
     tracing::info!("shutting down");
-    inventory.stop().await;
-    payments.stop().await;
+    platform.stop().await;
     server.await.context("the HTTP server task")??;
     broker.close().await;
     Ok(())
-}
-
-/// Opens (creating) the SQLite database of `service` under `data_dir`.
-async fn service_db(
-    data_dir: &std::path::Path,
-    service: &str,
-) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join(format!("{service}.db")).display()
-    );
-    sluice_kit::db::open(&url, 1)
-        .await
-        .with_context(|| format!("opening the {service} database at {url}"))
 }

@@ -25,12 +25,25 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     let lines = Lines::read(child.stderr.take().unwrap());
     let ready = lines.wait_for("embedded broker ready", Duration::from_secs(30));
     assert!(
-        ready.contains("running: inventory, payments; not built yet:"),
+        ready.contains(
+            "running: accounts, inventory, payments, orders, notifications, media; not built yet: REST edge"
+        ),
         "up says what runs and does not pretend to run the rest: {ready}"
     );
     assert!(dir.path().join("broker.db").exists());
-    assert!(dir.path().join("inventory.db").exists());
-    assert!(dir.path().join("payments.db").exists());
+    for service in [
+        "accounts",
+        "inventory",
+        "payments",
+        "orders",
+        "notifications",
+        "media",
+    ] {
+        assert!(
+            dir.path().join(format!("{service}.db")).exists(),
+            "{service}.db"
+        );
+    }
     let serving = lines.wait_for("/healthz", Duration::from_secs(30));
     let addr = address_in(&serving).expect("an address in the log line");
     assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_owned()));
@@ -116,4 +129,81 @@ fn the_kit_bench_reports_the_kit_against_a_bare_loop() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn bench_shop_drives_orders_through_every_service() {
+    let out = sluice()
+        .args([
+            "bench-shop",
+            "--orders",
+            "50",
+            "--rate",
+            "20",
+            "--seconds",
+            "1",
+            "--products",
+            "2",
+            "--json",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bare 5-hop chain"), "{stdout}");
+    assert!(
+        stdout.contains("shop: orders.cmd.place -> orders.order.confirmed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"peak_rss_kib\":"), "{stdout}");
+}
+
+#[test]
+fn serve_runs_one_service_against_the_given_broker_and_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!("embedded:{}", dir.path().join("log.db").display());
+    let database = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("orders.db").display()
+    );
+    let mut child = sluice()
+        .args(["serve", "orders", "--listen", "127.0.0.1:0", "--broker"])
+        .arg(&broker)
+        .arg("--database")
+        .arg(&database)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::read(child.stderr.take().unwrap());
+    let running = lines.wait_for("service running", Duration::from_secs(30));
+    let addr = address_in(&running).expect("an address in the log line");
+    assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_owned()));
+    assert!(dir.path().join("orders.db").exists());
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+
+    let out = sluice().args(["serve", "shipping"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = sluice()
+        .args(["serve", "payments", "--broker", "nats://127.0.0.1:1"])
+        .arg("--database")
+        .arg(&database)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("broker"), "{stderr}");
 }

@@ -96,7 +96,24 @@ where
     S: Stop,
     E: std::fmt::Display,
 {
-    match run(name, default_listen, start).await {
+    main_with(name, default_listen, std::env::vars().collect(), start).await
+}
+
+/// [`main`] with the environment given (`sluice serve` adds its flags to
+/// the process's own).
+pub async fn main_with<F, Fut, S, E>(
+    name: &str,
+    default_listen: &str,
+    env: Vec<(String, String)>,
+    start: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Resources) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    S: Stop,
+    E: std::fmt::Display,
+{
+    match run_with(name, default_listen, env, start).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The binary's edge: logs may be off, the reason must show.
@@ -119,14 +136,38 @@ where
     S: Stop,
     E: std::fmt::Display,
 {
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    run_with(name, default_listen, std::env::vars().collect(), start).await
+}
+
+/// [`run`] with the environment given instead of the process's.
+///
+/// # Errors
+/// Configuration, connections, start-up or the endpoints failed.
+pub async fn run_with<F, Fut, S, E>(
+    name: &str,
+    default_listen: &str,
+    mut env: Vec<(String, String)>,
+    start: F,
+) -> Result<(), AppError>
+where
+    F: FnOnce(Resources) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    S: Stop,
+    E: std::fmt::Display,
+{
     if !env.iter().any(|(k, _)| k == "DATABASE_URL") {
         env.push((
             "DATABASE_URL".into(),
             format!("sqlite://data/{name}.db?mode=rwc"),
         ));
     }
-    let listen_text = std::env::var("SLUICE_LISTEN").unwrap_or_else(|_| default_listen.to_owned());
+    // The last value of a name wins, as with overrides appended to the
+    // process's environment.
+    let listen_text = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SLUICE_LISTEN")
+        .map_or_else(|| default_listen.to_owned(), |(_, v)| v.clone());
     let listen: SocketAddr = listen_text
         .parse()
         .map_err(|_| AppError::Listen(listen_text.clone()))?;

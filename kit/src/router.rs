@@ -60,7 +60,11 @@ impl<S, C> Spec<S, C> {
     }
 
     /// One subscription filter per domain the routes cover: the pattern
-    /// itself when a domain has one route, `<domain>.>` otherwise.
+    /// itself when a domain has one route, otherwise the routes' longest
+    /// common literal prefix followed by `>` (`orders.cmd.>` for
+    /// `orders.cmd.place` and `orders.cmd.cancel`; at least `<domain>.>`),
+    /// so a consumer is not sent the domain's other events only to ignore
+    /// them.
     pub(crate) fn filters(&self) -> Vec<String> {
         let mut by_domain: Vec<(String, Vec<&str>)> = Vec::new();
         for r in &self.routes {
@@ -74,7 +78,7 @@ impl<S, C> Spec<S, C> {
             .into_iter()
             .map(|(d, ps)| match ps.as_slice() {
                 [one] => (*one).to_owned(),
-                _ => format!("{d}.>"),
+                _ => format!("{}.>", common_prefix(&ps).unwrap_or(d)),
             })
             .collect()
     }
@@ -154,6 +158,28 @@ macro_rules! builder {
             }
         }
     };
+}
+
+/// The literal tokens that every pattern in `patterns` starts with
+/// (wildcards end the prefix), joined by dots; `None` when they share none.
+fn common_prefix(patterns: &[&str]) -> Option<String> {
+    let mut tokens: Vec<&str> = patterns.first()?.split('.').collect();
+    // The last token of a pattern is never part of the prefix: the filter
+    // must still match that pattern's own subjects below the prefix.
+    tokens.pop();
+    for p in &patterns[1..] {
+        let other: Vec<&str> = p.split('.').collect();
+        let same = tokens
+            .iter()
+            .zip(other.iter().take(other.len().saturating_sub(1)))
+            .take_while(|(a, b)| a == b && **a != "*" && **a != ">")
+            .count();
+        tokens.truncate(same);
+    }
+    if let Some(w) = tokens.iter().position(|t| *t == "*" || *t == ">") {
+        tokens.truncate(w);
+    }
+    (!tokens.is_empty()).then(|| tokens.join("."))
 }
 
 /// A consumer with side effects: its handlers get a [`Ctx`] and may emit
@@ -285,5 +311,27 @@ impl<S> std::fmt::Debug for Projection<S> {
         f.debug_struct("Projection")
             .field("name", &self.0.name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn filters_narrow_to_the_common_prefix() {
+        let p = |ps: &[&str]| common_prefix(ps);
+        assert_eq!(
+            p(&["orders.cmd.place", "orders.cmd.cancel"]).as_deref(),
+            Some("orders.cmd")
+        );
+        assert_eq!(
+            p(&["orders.order.placed", "orders.cmd.cancel"]).as_deref(),
+            Some("orders")
+        );
+        assert_eq!(p(&["orders.>", "orders.cmd.x"]).as_deref(), Some("orders"));
+        assert_eq!(p(&["a.*.b", "a.*.c"]).as_deref(), Some("a"));
+        assert_eq!(p(&["a.b", "a.b.c"]).as_deref(), Some("a"));
+        assert_eq!(p(&["*.x", "*.y"]), None);
     }
 }

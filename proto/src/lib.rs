@@ -6,6 +6,7 @@
 //! [`registry`] holds the compiled file descriptor set so any event can be
 //! turned into JSON, or built from JSON, knowing only its type name.
 
+pub mod catalogue;
 pub mod envelope;
 pub mod registry;
 
@@ -57,6 +58,13 @@ pub mod shop {
         /// Version 1.
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/shop.notifications.v1.rs"));
+        }
+    }
+    /// `shop.media.v1`: product images and their thumbnails.
+    pub mod media {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/shop.media.v1.rs"));
         }
     }
 }

@@ -10,6 +10,7 @@
 pub(crate) mod kit;
 mod raw_amqp;
 mod raw_nats;
+pub(crate) mod shop;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

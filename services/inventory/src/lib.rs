@@ -214,3 +214,16 @@ pub async fn start(
 
 /// How long a command may take before the caller gives up (for requesters).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the service's own process serves `/healthz`, `/readyz` and
+/// `/metrics` unless `SLUICE_LISTEN` says otherwise.
+pub const LISTEN: &str = "127.0.0.1:9102";
+
+/// Starts the service on a process's resources with the default subjects
+/// (the `sluice-inventory` binary and `sluice serve inventory`).
+///
+/// # Errors
+/// As [`start`].
+pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<Running, StartError> {
+    start(r.broker, r.db, &r.config, r.metrics, Subjects::default()).await
+}

@@ -6,15 +6,10 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    sluice_kit::app::main(sluice_inventory::NAME, "127.0.0.1:9102", |r| async move {
-        sluice_inventory::start(
-            r.broker,
-            r.db,
-            &r.config,
-            r.metrics,
-            sluice_inventory::Subjects::default(),
-        )
-        .await
-    })
+    sluice_kit::app::main(
+        sluice_inventory::NAME,
+        sluice_inventory::LISTEN,
+        sluice_inventory::from_resources,
+    )
     .await
 }

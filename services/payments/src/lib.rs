@@ -116,3 +116,16 @@ pub async fn start(
         .start()
         .await?)
 }
+
+/// Where the service's own process serves `/healthz`, `/readyz` and
+/// `/metrics` unless `SLUICE_LISTEN` says otherwise.
+pub const LISTEN: &str = "127.0.0.1:9104";
+
+/// Starts the service on a process's resources with the default subjects
+/// (the `sluice-payments` binary and `sluice serve payments`).
+///
+/// # Errors
+/// As [`start`].
+pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<RunningService, StartError> {
+    start(r.broker, r.db, &r.config, r.metrics, Subjects::default()).await
+}

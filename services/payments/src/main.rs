@@ -6,15 +6,10 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    sluice_kit::app::main(sluice_payments::NAME, "127.0.0.1:9104", |r| async move {
-        sluice_payments::start(
-            r.broker,
-            r.db,
-            &r.config,
-            r.metrics,
-            sluice_payments::Subjects::default(),
-        )
-        .await
-    })
+    sluice_kit::app::main(
+        sluice_payments::NAME,
+        sluice_payments::LISTEN,
+        sluice_payments::from_resources,
+    )
     .await
 }

@@ -1,0 +1,100 @@
+//! `sluice serve <service>`: one service of the shop as its own process,
+//! against any broker and database — what the `sluice-<service>` binaries
+//! do, from the one `sluice` binary. Replicas of a service share its
+//! consumer groups, so running several spreads the work.
+
+use std::process::ExitCode;
+
+use sluice_kit::app::main_with;
+
+/// Arguments of `sluice serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The service to run.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::platform::SERVICES))]
+    service: String,
+    /// Broker URL (`nats://…`, `amqp://…`, `embedded:<path>`); default: `SLUICE_BROKER__URL`.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Database URL (`postgres://…`, `sqlite://…`); default: `DATABASE_URL`, else `sqlite://data/<service>.db`.
+    #[arg(long)]
+    database: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; default: `SLUICE_LISTEN`, else the service's port.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// Runs the service until SIGTERM or ctrl-c; a failure is one line on
+/// stderr and exit code 1.
+pub(crate) async fn run(args: ServeArgs) -> ExitCode {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(b) = args.broker {
+        env.push(("SLUICE_BROKER__URL".into(), b));
+    }
+    if let Some(d) = args.database {
+        env.push(("DATABASE_URL".into(), d));
+    }
+    if let Some(l) = args.listen {
+        env.push(("SLUICE_LISTEN".into(), l));
+    }
+    match args.service.as_str() {
+        "accounts" => {
+            main_with(
+                sluice_accounts::NAME,
+                sluice_accounts::LISTEN,
+                env,
+                sluice_accounts::from_resources,
+            )
+            .await
+        }
+        "inventory" => {
+            main_with(
+                sluice_inventory::NAME,
+                sluice_inventory::LISTEN,
+                env,
+                sluice_inventory::from_resources,
+            )
+            .await
+        }
+        "payments" => {
+            main_with(
+                sluice_payments::NAME,
+                sluice_payments::LISTEN,
+                env,
+                sluice_payments::from_resources,
+            )
+            .await
+        }
+        "orders" => {
+            main_with(
+                sluice_orders::NAME,
+                sluice_orders::LISTEN,
+                env,
+                sluice_orders::from_resources,
+            )
+            .await
+        }
+        "notifications" => {
+            main_with(
+                sluice_notifications::NAME,
+                sluice_notifications::LISTEN,
+                env,
+                sluice_notifications::from_resources,
+            )
+            .await
+        }
+        "media" => {
+            main_with(
+                sluice_media::NAME,
+                sluice_media::LISTEN,
+                env,
+                sluice_media::from_resources,
+            )
+            .await
+        }
+        other => {
+            eprintln!("sluice: unknown service {other}");
+            ExitCode::from(2)
+        }
+    }
+}

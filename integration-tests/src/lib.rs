@@ -1,0 +1,505 @@
+//! A test harness for the whole reference shop: every service started on
+//! one test broker, each with its own database, so a test can drive orders
+//! through the saga, kill and restart any one service, and read each
+//! service's tables to check the outcome.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sluice_broker::OutboundMessage;
+use sluice_kit::rpc::Requester;
+use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
+use sluice_kit::{KitConfig, Metrics, RunningService};
+use sluice_orders::tables::orders;
+use sluice_proto::Envelope;
+use sluice_proto::shop::accounts::v1::{Register, RegisterResult};
+use sluice_proto::shop::inventory::v1::{CreateProduct, ProductResult};
+use sluice_proto::shop::orders::v1::{CancelOrder, PlaceOrder, PlaceOrderLine};
+
+/// How long a test waits for the saga to settle.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// One of the shop's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Svc {
+    /// Accounts and login.
+    Accounts,
+    /// Products and stock.
+    Inventory,
+    /// Charges and refunds.
+    Payments,
+    /// The order saga.
+    Orders,
+    /// E-mails about orders.
+    Notifications,
+}
+
+/// Every service, in start order.
+pub const SERVICES: [Svc; 5] = [
+    Svc::Accounts,
+    Svc::Inventory,
+    Svc::Payments,
+    Svc::Orders,
+    Svc::Notifications,
+];
+
+/// Every subject of the shop, on the test's own domains.
+#[derive(Debug, Clone)]
+pub struct ShopSubjects {
+    /// The orders service's.
+    pub orders: sluice_orders::Subjects,
+    /// The inventory's.
+    pub inventory: sluice_inventory::Subjects,
+    /// The payments service's.
+    pub payments: sluice_payments::Subjects,
+    /// The accounts service's.
+    pub accounts: sluice_accounts::Subjects,
+    /// The notifications service's.
+    pub notifications: sluice_notifications::Subjects,
+    /// The domains, to clean up and to watch dead letters.
+    pub domains: Vec<String>,
+}
+
+enum Running {
+    Accounts(sluice_accounts::Running),
+    Inventory(sluice_inventory::Running),
+    Notifications(sluice_notifications::Running),
+    Service(RunningService),
+}
+
+impl Running {
+    fn kill(self) {
+        match self {
+            Self::Accounts(r) => r.kill(),
+            Self::Inventory(r) => r.kill(),
+            Self::Notifications(r) => r.kill(),
+            Self::Service(r) => r.kill(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Accounts(r) => r.stop().await,
+            Self::Inventory(r) => r.stop().await,
+            Self::Notifications(r) => r.stop().await,
+            Self::Service(r) => r.stop().await,
+        }
+    }
+}
+
+/// The whole shop on one test broker.
+pub struct Shop {
+    /// The broker and the test's domain.
+    pub tb: TestBroker,
+    /// The subjects.
+    pub subjects: ShopSubjects,
+    dbs: BTreeMap<Svc, TestDb>,
+    running: BTreeMap<Svc, Running>,
+    config: KitConfig,
+    requester: Requester,
+    mailbox: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Shop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shop")
+            .field("tb", &self.tb)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fast retries, so timeouts and not-yet-known prices settle quickly, and a
+/// short ack wait, so what a killed service had in flight comes back soon.
+fn test_config() -> KitConfig {
+    let mut config = KitConfig::default();
+    for name in [
+        sluice_orders::NAME,
+        sluice_orders::CATALOGUE,
+        sluice_payments::NAME,
+        sluice_inventory::NAME,
+        sluice_notifications::NAME,
+        sluice_notifications::ADDRESSES,
+    ] {
+        config.consumers.insert(
+            name.into(),
+            sluice_kit::config::ConsumerConfig {
+                initial_backoff_ms: Some(50),
+                ack_wait_ms: Some(3_000),
+                ..Default::default()
+            },
+        );
+    }
+    config
+}
+
+impl Shop {
+    /// Starts every service on a fresh broker of `b`, each with a fresh
+    /// database of `d`.
+    pub async fn start(b: BrokerBackend, d: DbBackend) -> Self {
+        let tb = TestBroker::start(b).await;
+        let orders_domain = format!("{}o", tb.domain);
+        let inventory_domain = format!("{}i", tb.domain);
+        let payments_domain = format!("{}p", tb.domain);
+        let accounts_domain = format!("{}a", tb.domain);
+        let notifications_domain = format!("{}n", tb.domain);
+        let subjects = ShopSubjects {
+            orders: sluice_orders::Subjects::new(
+                &orders_domain,
+                &inventory_domain,
+                &payments_domain,
+            ),
+            inventory: sluice_inventory::Subjects::new(&orders_domain, &inventory_domain),
+            payments: sluice_payments::Subjects::new(&payments_domain),
+            accounts: sluice_accounts::Subjects::new(&accounts_domain),
+            notifications: sluice_notifications::Subjects::new(
+                &orders_domain,
+                &accounts_domain,
+                &notifications_domain,
+            ),
+            domains: vec![
+                orders_domain,
+                inventory_domain,
+                payments_domain,
+                accounts_domain,
+                notifications_domain,
+            ],
+        };
+        let mut dbs = BTreeMap::new();
+        for svc in SERVICES {
+            dbs.insert(svc, TestDb::start(d).await);
+        }
+        let requester = Requester::new(tb.broker.clone(), "test", Duration::from_secs(10));
+        let mut shop = Self {
+            tb,
+            subjects,
+            dbs,
+            running: BTreeMap::new(),
+            config: test_config(),
+            requester,
+            mailbox: tempfile::tempdir().unwrap(),
+        };
+        for svc in SERVICES {
+            shop.launch(svc, false).await;
+        }
+        shop
+    }
+
+    async fn launch(&mut self, svc: Svc, reopen: bool) {
+        let tdb = &self.dbs[&svc];
+        let db = if reopen {
+            tdb.reopen().await
+        } else {
+            tdb.db.clone()
+        };
+        let broker = self.tb.broker.clone();
+        let running = match svc {
+            Svc::Accounts => Running::Accounts(
+                sluice_accounts::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.accounts.clone(),
+                    sluice_accounts::AccountsConfig::default(),
+                )
+                .await
+                .unwrap(),
+            ),
+            Svc::Notifications => Running::Notifications(
+                sluice_notifications::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.notifications.clone(),
+                    sluice_notifications::NotificationsConfig {
+                        delivery: sluice_notifications::Delivery::Mailbox(
+                            self.mailbox.path().to_owned(),
+                        ),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            ),
+            Svc::Inventory => Running::Inventory(
+                sluice_inventory::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.inventory.clone(),
+                )
+                .await
+                .unwrap(),
+            ),
+            Svc::Payments => Running::Service(
+                sluice_payments::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.payments.clone(),
+                )
+                .await
+                .unwrap(),
+            ),
+            Svc::Orders => Running::Service(
+                sluice_orders::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.orders.clone(),
+                )
+                .await
+                .unwrap(),
+            ),
+        };
+        self.running.insert(svc, running);
+    }
+
+    /// Stops `svc` at once, as a crash would.
+    pub fn kill(&mut self, svc: Svc) {
+        if let Some(r) = self.running.remove(&svc) {
+            r.kill();
+        }
+    }
+
+    /// Starts `svc` again on its database, as a restarted process would.
+    pub async fn restart(&mut self, svc: Svc) {
+        self.launch(svc, true).await;
+    }
+
+    /// The database of `svc`.
+    pub fn db(&self, svc: Svc) -> &sea_orm::DatabaseConnection {
+        &self.dbs[&svc].db
+    }
+
+    /// Creates a product priced 1250 EUR with `stock` units; its id.
+    pub async fn product(&self, sku: &str, stock: i64) -> String {
+        let c = CreateProduct {
+            sku: sku.into(),
+            name: format!("Product {sku}"),
+            price_cents: 1250,
+            currency: "EUR".into(),
+            stock,
+        };
+        let r: ProductResult = self
+            .requester
+            .request(&self.subjects.inventory.create_product, &c, None)
+            .await
+            .unwrap();
+        assert!(r.ok, "create product: {}", r.error);
+        r.product.unwrap().product_id
+    }
+
+    /// Registers a customer; their account id.
+    pub async fn customer(&self, email: &str) -> String {
+        let r: RegisterResult = self
+            .requester
+            .request(
+                &self.subjects.accounts.register,
+                &Register {
+                    email: email.into(),
+                    password: "correct horse battery".into(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(r.ok, "register {email}: {}", r.error);
+        r.account_id
+    }
+
+    /// The e-mails in the mailbox about `order`.
+    pub fn mail_about(&self, order: &str) -> Vec<sluice_notifications::MailboxMessage> {
+        sluice_notifications::read_mailbox(self.mailbox.path())
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.subject.contains(order))
+            .collect()
+    }
+
+    /// Waits until the mailbox holds an e-mail about `order`, then a little
+    /// longer, and returns every e-mail about it (a second would show).
+    ///
+    /// # Panics
+    /// After [`WAIT`] without one.
+    pub async fn mail_for(&self, order: &str) -> Vec<sluice_notifications::MailboxMessage> {
+        let deadline = Instant::now() + WAIT;
+        while self.mail_about(order).is_empty() {
+            assert!(Instant::now() < deadline, "no e-mail about order {order}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.mail_about(order)
+    }
+
+    /// Places an order (as the edge would: an `orders.cmd.place` command).
+    pub async fn place(&self, order_id: &str, customer: &str, lines: &[(&str, i64)], token: &str) {
+        let cmd = PlaceOrder {
+            order_id: order_id.into(),
+            customer_id: customer.into(),
+            lines: lines
+                .iter()
+                .map(|(p, q)| PlaceOrderLine {
+                    product_id: (*p).into(),
+                    quantity: *q,
+                })
+                .collect(),
+            payment_token: token.into(),
+        };
+        let e = Envelope::new::<PlaceOrder>("/sluice/edge").subject(order_id);
+        let m = OutboundMessage::event(&self.subjects.orders.place, &e, &cmd);
+        self.tb.broker.publish(m).await.unwrap();
+    }
+
+    /// Asks to cancel an order as `customer`.
+    pub async fn cancel(&self, order_id: &str, customer: &str) {
+        let cmd = CancelOrder {
+            order_id: order_id.into(),
+            customer_id: customer.into(),
+        };
+        let e = Envelope::new::<CancelOrder>("/sluice/edge").subject(order_id);
+        let m = OutboundMessage::event(&self.subjects.orders.cancel, &e, &cmd);
+        self.tb.broker.publish(m).await.unwrap();
+    }
+
+    /// The order as the orders service holds it.
+    pub async fn order(&self, id: &str) -> Option<orders::Model> {
+        orders::Entity::find_by_id(id.to_owned())
+            .one(self.db(Svc::Orders))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every order in `ids` is CONFIRMED or CANCELLED.
+    ///
+    /// # Panics
+    /// After [`WAIT`], naming the orders still pending.
+    pub async fn settled(&self, ids: &[String]) -> Vec<orders::Model> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rows = orders::Entity::find()
+                .filter(orders::Column::Id.is_in(ids.iter().map(String::as_str)))
+                .all(self.db(Svc::Orders))
+                .await
+                .unwrap();
+            let done = rows
+                .iter()
+                .filter(|o| o.status != sluice_orders::status::PENDING)
+                .count();
+            if done == ids.len() {
+                return rows;
+            }
+            if Instant::now() > deadline {
+                let pending: Vec<_> = rows
+                    .iter()
+                    .filter(|o| o.status == sluice_orders::status::PENDING)
+                    .map(|o| format!("{} ({})", o.id, o.step))
+                    .collect();
+                panic!(
+                    "{} of {} orders settled; pending: {pending:?}; never placed: {}",
+                    done,
+                    ids.len(),
+                    ids.len() - rows.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The stock of a product.
+    pub async fn stock(&self, product: &str) -> i64 {
+        sluice_inventory::tables::products::Entity::find_by_id(product.to_owned())
+            .one(self.db(Svc::Inventory))
+            .await
+            .unwrap()
+            .unwrap()
+            .stock
+    }
+
+    /// Waits until the stock of `product` is `expected`.
+    ///
+    /// # Panics
+    /// After [`WAIT`], with the stock it has.
+    pub async fn stock_becomes(&self, product: &str, expected: i64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stock(product).await;
+            if s == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stock of {product} is {s}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Units of products the inventory holds reserved for `order`.
+    pub async fn reserved(&self, order: &str) -> i64 {
+        sluice_inventory::tables::reservations::Entity::find()
+            .filter(sluice_inventory::tables::reservations::Column::OrderId.eq(order))
+            .all(self.db(Svc::Inventory))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.quantity)
+            .sum()
+    }
+
+    /// The payment of `order`: its status (`captured`, `declined`,
+    /// `refunded`), if it was ever charged.
+    pub async fn payment(&self, order: &str) -> Option<String> {
+        sluice_payments::tables::payments::Entity::find_by_id(order.to_owned())
+            .one(self.db(Svc::Payments))
+            .await
+            .unwrap()
+            .map(|p| p.status)
+    }
+
+    /// Waits until the payment of `order` has `status`.
+    ///
+    /// # Panics
+    /// After [`WAIT`].
+    pub async fn payment_becomes(&self, order: &str, status: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.payment(order).await;
+            if s.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "payment of {order} is {s:?}, expected {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every service gracefully, deletes the test's streams and
+    /// queues, and drops its databases.
+    pub async fn cleanup(mut self) {
+        for (_, r) in std::mem::take(&mut self.running) {
+            r.stop().await;
+        }
+        for d in &self.subjects.domains {
+            self.tb.broker.delete_domain(d).await.unwrap();
+        }
+        self.tb.cleanup().await;
+        for (_, db) in std::mem::take(&mut self.dbs) {
+            db.cleanup().await;
+        }
+    }
+}
+
+/// A fresh order id (UUIDv7, as the edge makes them).
+pub fn order_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

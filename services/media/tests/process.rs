@@ -1,0 +1,73 @@
+//! `sluice-media` as an operator runs it: configured from the environment,
+//! ready on /readyz, stopped gracefully by SIGTERM; a bad media setting is a
+//! one-line error and a non-zero exit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice_kit::testing::{Lines, address_in, http_get};
+
+#[test]
+fn the_service_process_is_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("images");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-media"))
+        .env(
+            "SLUICE_BROKER__URL",
+            format!("embedded:{}", dir.path().join("broker.db").display()),
+        )
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display()),
+        )
+        .env("SLUICE_MEDIA_DIR", &media)
+        .env("SLUICE_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::read(child.stderr.take().unwrap());
+    let line = lines.wait_for("service running", Duration::from_secs(60));
+    let addr = address_in(&line).expect("an address").to_owned();
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    assert!(media.is_dir(), "the media folder is created");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+}
+
+#[test]
+fn a_bad_media_setting_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-media"))
+        .env(
+            "SLUICE_BROKER__URL",
+            format!("embedded:{}", dir.path().join("broker.db").display()),
+        )
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display()),
+        )
+        .env("SLUICE_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_MEDIA_S3_URL", "https://bucket")
+        .env("RUST_LOG", "off")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "sluice-media: cannot start media: media store configuration: SLUICE_MEDIA_S3_URL"
+        ),
+        "{stderr}"
+    );
+}
