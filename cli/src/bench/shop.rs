@@ -4,9 +4,9 @@
 //! five consumer hops (orders → inventory → orders → payments → orders),
 //! each a transaction with inbox and outbox.
 //!
-//! Two measurements: throughput (a burst of orders published as fast as
-//! the log takes them, timed until the last is confirmed) and latency at a
-//! fixed arrival rate. Beside them, in the same run, the same five hops as
+//! Two measurements: latency at a fixed arrival rate (first, in the steady
+//! state), and throughput (a burst of orders published as fast as the log
+//! takes them, timed until the last is confirmed). Beside them, in the same run, the same five hops as
 //! bare consumers on the same log (consume, publish the next hop, ack; no
 //! database), which is the floor the broker sets.
 
@@ -89,16 +89,18 @@ pub(crate) async fn run(args: ShopBenchArgs) -> anyhow::Result<()> {
     // The floor: five bare hops on a log of their own.
     tracing::info!("bare chain: burst and paced");
     let raw = Chain::start(&dir.join("raw.db")).await?;
-    let raw_burst = raw.burst(args.orders).await?;
     let raw_latency = raw.paced(args.rate, args.seconds).await?;
+    let raw_burst = raw.burst(args.orders).await?;
     raw.stop().await;
 
     tracing::info!("shop: starting, products and customers");
     let shop = Shop::start(&dir, args.products).await?;
+    // Latency first, in the steady state: after the burst the services
+    // would still be working off its tail (e-mails, relays).
+    tracing::info!("shop: paced");
+    let (latency, placed_latency, breakdown) = shop.paced(args.rate, args.seconds).await?;
     tracing::info!("shop: burst");
     let burst = shop.burst(args.orders).await?;
-    tracing::info!("shop: paced");
-    let (latency, placed_latency) = shop.paced(args.rate, args.seconds).await?;
     shop.stop().await;
 
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
@@ -133,11 +135,18 @@ pub(crate) async fn run(args: ShopBenchArgs) -> anyhow::Result<()> {
                 ms(p.max)
             );
         }
+        for (what, p) in &breakdown {
+            println!(
+                "{{\"hop\":\"{what}\",\"p50_ms\":{:.2},\"p99_ms\":{:.2}}}",
+                ms(p.p50),
+                ms(p.p99)
+            );
+        }
         println!("{{\"peak_rss_kib\":{}}}", peak_rss_kib().unwrap_or(0));
     } else {
         println!(
-            "embedded log + SQLite; burst of {} orders, then {} orders/s for {} s ({paced_n} orders)",
-            args.orders, args.rate, args.seconds
+            "embedded log + SQLite; {} orders/s for {} s ({paced_n} orders), then a burst of {} orders",
+            args.rate, args.seconds, args.orders
         );
         println!(
             "{:<55} {:>10} {:>9} {:>9} {:>9} {:>9}",
@@ -151,6 +160,10 @@ pub(crate) async fn run(args: ShopBenchArgs) -> anyhow::Result<()> {
                 ms(p.p99),
                 ms(p.max)
             );
+        }
+        println!("hops of the paced orders (ce-time to ce-time; p50 / p99 ms):");
+        for (what, p) in &breakdown {
+            println!("  {what:<53} {:>9.2} {:>9.2}", ms(p.p50), ms(p.p99));
         }
         if let Some(kib) = peak_rss_kib() {
             println!("peak RSS {} MiB", kib / 1024);
@@ -429,8 +442,32 @@ impl Shop {
     /// Orders at `rate` per second for `seconds`: the latencies from the
     /// command's publication, and from `OrderPlaced`'s `ce-time`, to the
     /// confirmation.
-    async fn paced(&self, rate: u32, seconds: u32) -> anyhow::Result<(Percentiles, Percentiles)> {
+    async fn paced(
+        &self,
+        rate: u32,
+        seconds: u32,
+    ) -> anyhow::Result<(Percentiles, Percentiles, Vec<(&'static str, Percentiles)>)> {
         let mut events = self.observe().await?;
+        // Every hop's event, by order and subject, with its ce-time.
+        let times: Arc<std::sync::Mutex<HashMap<(String, String), SystemTime>>> = Arc::default();
+        let mut collectors = Vec::new();
+        for filter in ["inventory.stock.>", "payments.>"] {
+            let o = SubscribeOptions::new(sluice_broker::testing::unique("hops"), filter)
+                .start(StartPosition::New);
+            let mut sub = self.broker.subscribe(o).await?;
+            let times = times.clone();
+            collectors.push(tokio::spawn(async move {
+                while let Some(Ok(d)) = sub.next().await {
+                    if let Ok(e) = Envelope::from_headers(&d.message.headers)
+                        && let Some(id) = e.subject.clone()
+                        && let Ok(mut t) = times.lock()
+                    {
+                        t.insert((id, d.message.subject.clone()), e.time.into());
+                    }
+                    let _ = d.ack().await;
+                }
+            }));
+        }
         let n = (rate * seconds) as usize;
         let orders: Vec<_> = (0..n).map(|i| self.order(i)).collect();
         let sent = Arc::new(std::sync::Mutex::new(HashMap::with_capacity(n)));
@@ -441,7 +478,7 @@ impl Shop {
                 for (id, m) in orders {
                     tick.tick().await;
                     if let Ok(mut s) = sent.lock() {
-                        s.insert(id, Instant::now());
+                        s.insert(id, (Instant::now(), SystemTime::now()));
                     }
                     b.publish(m).await?;
                 }
@@ -462,12 +499,20 @@ impl Shop {
                 .get("ce-subject")
                 .unwrap_or_default()
                 .to_owned();
+            if let Ok(e) = Envelope::from_headers(&d.message.headers)
+                && let Ok(mut t) = times.lock()
+            {
+                t.insert((id.clone(), d.message.subject.clone()), e.time.into());
+            }
             if d.message.subject == self.subjects.order_placed {
                 if let Ok(e) = Envelope::from_headers(&d.message.headers) {
                     placed_at.insert(id, e.time.into());
                 }
             } else if d.message.subject == self.subjects.order_confirmed {
-                if let Some(t) = sent.lock().ok().and_then(|s| s.get(&id).copied()) {
+                if let Ok(mut t) = times.lock() {
+                    t.insert((id.clone(), "observed".into()), wall);
+                }
+                if let Some((t, _)) = sent.lock().ok().and_then(|s| s.get(&id).copied()) {
                     from_command.push(now - t);
                 }
                 if let Some(t) = placed_at.remove(&id) {
@@ -480,7 +525,71 @@ impl Shop {
         }
         publisher.await??;
         events.close().await;
-        Ok((percentiles(from_command), percentiles(from_placed)))
+        // The hops' events are published before the confirmation.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for c in collectors {
+            c.abort();
+        }
+        let times = times.lock().map(|t| t.clone()).unwrap_or_default();
+        let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
+        let inventory = sluice_inventory::Subjects::default();
+        let payments = sluice_payments::Subjects::default();
+        let s = &self.subjects;
+        let stages: [(&'static str, &str, &str); 5] = [
+            (
+                "orders: OrderPlaced -> inventory: StockReserved",
+                &s.order_placed,
+                &inventory.stock_reserved,
+            ),
+            (
+                "inventory: StockReserved -> orders: ChargePayment",
+                &inventory.stock_reserved,
+                &s.charge,
+            ),
+            (
+                "orders: ChargePayment -> payments: PaymentCaptured",
+                &s.charge,
+                &payments.payment_captured,
+            ),
+            (
+                "payments: PaymentCaptured -> orders: OrderConfirmed",
+                &payments.payment_captured,
+                &s.order_confirmed,
+            ),
+            (
+                "OrderConfirmed -> observed by a subscriber",
+                &s.order_confirmed,
+                "observed",
+            ),
+        ];
+        let mut breakdown = Vec::new();
+        let mut first = Vec::new();
+        for (id, (_, at)) in &sent {
+            if let Some(t) = times.get(&(id.clone(), s.order_placed.clone())) {
+                first.push(t.duration_since(*at).unwrap_or_default());
+            }
+        }
+        breakdown.push((
+            "command published -> orders: OrderPlaced",
+            percentiles(first),
+        ));
+        for (what, from, to) in stages {
+            let mut samples = Vec::new();
+            for id in sent.keys() {
+                if let (Some(a), Some(b)) = (
+                    times.get(&(id.clone(), from.to_owned())),
+                    times.get(&(id.clone(), to.to_owned())),
+                ) {
+                    samples.push(b.duration_since(*a).unwrap_or_default());
+                }
+            }
+            breakdown.push((what, percentiles(samples)));
+        }
+        Ok((
+            percentiles(from_command),
+            percentiles(from_placed),
+            breakdown,
+        ))
     }
 
     async fn stop(self) {
