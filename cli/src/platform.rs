@@ -43,6 +43,10 @@ pub(crate) struct Platform {
     dbs: Vec<(&'static str, DatabaseConnection)>,
     /// Where each service keeps its files.
     pub(crate) data_dir: PathBuf,
+    /// Where e-mails go (a mailbox folder, or SMTP).
+    pub(crate) mail: String,
+    /// Where product images are kept (a folder, or an S3 bucket).
+    pub(crate) images: String,
 }
 
 impl std::fmt::Debug for Platform {
@@ -70,6 +74,8 @@ impl Platform {
             services: Vec::new(),
             dbs: Vec::new(),
             data_dir: data_dir.to_owned(),
+            mail: String::new(),
+            images: String::new(),
         };
         for name in SERVICES {
             if let Err(e) = platform.start_one(name, &broker, config, metrics).await {
@@ -137,7 +143,16 @@ impl Platform {
                     config,
                     m,
                     sluice_notifications::Subjects::default(),
-                    notifications_config(&self.data_dir),
+                    {
+                        let c = notifications_config(&self.data_dir);
+                        self.mail = match &c.delivery {
+                            sluice_notifications::Delivery::Mailbox(dir) => {
+                                dir.display().to_string()
+                            }
+                            sluice_notifications::Delivery::Smtp(_) => "SMTP".to_owned(),
+                        };
+                        c
+                    },
                 )
                 .await?,
             ),
@@ -149,7 +164,11 @@ impl Platform {
                     config,
                     m,
                     sluice_media::Subjects::default(),
-                    media_store(&self.data_dir)?,
+                    {
+                        let (store, place) = media_store(&self.data_dir)?;
+                        self.images = place;
+                        store
+                    },
                 )
                 .await?,
             ),
@@ -193,14 +212,23 @@ fn notifications_config(data_dir: &Path) -> sluice_notifications::NotificationsC
     config
 }
 
-/// The media store: `SLUICE_MEDIA_*` when set (an S3-compatible bucket, or
-/// another folder), else `media/` under the data directory.
-fn media_store(data_dir: &Path) -> anyhow::Result<sluice_media::ImageStore> {
+/// The media store and where it is: `SLUICE_MEDIA_*` when set (an
+/// S3-compatible bucket, or another folder), else `media/` under the data
+/// directory.
+fn media_store(data_dir: &Path) -> anyhow::Result<(sluice_media::ImageStore, String)> {
     if std::env::vars().any(|(k, _)| k.starts_with("SLUICE_MEDIA_")) {
         let config = sluice_media::MediaConfig::from_process_env()?;
-        return Ok(sluice_media::ImageStore::from_config(&config.store)?);
+        let place = match &config.store {
+            sluice_media::StoreConfig::Local { dir } => dir.display().to_string(),
+            sluice_media::StoreConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        };
+        return Ok((sluice_media::ImageStore::from_config(&config.store)?, place));
     }
-    Ok(sluice_media::ImageStore::local(data_dir.join("media"))?)
+    let dir = data_dir.join("media");
+    Ok((
+        sluice_media::ImageStore::local(&dir)?,
+        dir.display().to_string(),
+    ))
 }
 
 /// Opens (creating) the SQLite database of `service` under `data_dir`.

@@ -63,6 +63,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         log = %path.display(),
         url = %format!("embedded:{}", path.display()),
         data = %args.data_dir.display(),
+        mail = %platform.mail,
+        images = %platform.images,
         "embedded broker ready; running: {}; not built yet: REST edge",
         platform.names().join(", ")
     );

@@ -30,6 +30,7 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         ),
         "up says what runs and does not pretend to run the rest: {ready}"
     );
+    assert!(ready.contains("mailbox"), "says where e-mails go: {ready}");
     assert!(dir.path().join("broker.db").exists());
     for service in [
         "accounts",

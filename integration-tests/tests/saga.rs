@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_broker::{OutboundMessage, StartPosition, SubscribeOptions, dead_letter};
+use sluice_broker::OutboundMessage;
 use sluice_integration_tests::{Shop, Svc, WAIT, order_id};
-use sluice_kit::testing::{BrokerBackend, DbBackend};
+use sluice_kit::testing::{BrokerBackend, DbBackend, dead_letter_reasons};
 use sluice_orders::status::{CANCELLED, CONFIRMED};
 use sluice_proto::Envelope;
 use sluice_proto::shop::orders::v1::PlaceOrder;
@@ -170,26 +170,12 @@ async fn bad_orders_are_refused_or_dead_lettered_with_a_reason(b: BrokerBackend,
     shop.tb.broker.publish(garbage).await.unwrap();
     shop.place("", "dave", &[(&p, 1)], "tok_visa").await;
     let orders_domain = &shop.subjects.domains[0];
-    let o = SubscribeOptions::new("dlq", format!("dlq.{orders_domain}.>"))
-        .start(StartPosition::Beginning);
-    let mut dlq = shop.tb.broker.subscribe(o).await.unwrap();
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let d = tokio::time::timeout(WAIT, dlq.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        reasons.push(dead_letter::reason(&d.message).unwrap().to_owned());
-        d.ack().await.unwrap();
-    }
-    reasons.sort();
+    let reasons = dead_letter_reasons(shop.tb.broker.as_ref(), orders_domain, 2, WAIT).await;
     assert!(
         reasons[0].contains("payload does not decode"),
         "{reasons:?}"
     );
     assert!(reasons[1].contains("needs an order id"), "{reasons:?}");
-    dlq.close().await;
     assert_eq!(shop.stock(&p).await, 5);
     shop.cleanup().await;
 }
@@ -258,6 +244,10 @@ async fn orders_crashes_mid_flow(b: BrokerBackend, d: DbBackend) {
     crash_mid_flow(b, d, Svc::Orders).await;
 }
 
+async fn accounts_crashes_mid_flow(b: BrokerBackend, d: DbBackend) {
+    crash_mid_flow(b, d, Svc::Accounts).await;
+}
+
 async fn notifications_crashes_mid_flow(b: BrokerBackend, d: DbBackend) {
     crash_mid_flow(b, d, Svc::Notifications).await;
 }
@@ -271,4 +261,5 @@ sluice_kit::backend_matrix!(
     payments_crashes_mid_flow,
     orders_crashes_mid_flow,
     notifications_crashes_mid_flow,
+    accounts_crashes_mid_flow,
 );

@@ -423,6 +423,9 @@ where
                 {
                     w.wake();
                 }
+                if let Some(f) = &self.spec.after_commit {
+                    f();
+                }
                 Ok(outcomes)
             }
             Err(e) => {

@@ -40,7 +40,11 @@ pub(crate) struct Spec<S, C> {
     pub(crate) state: Arc<S>,
     pub(crate) routes: Vec<Route<C>>,
     pub(crate) options: ConsumerOptions,
+    pub(crate) after_commit: Option<AfterCommit>,
 }
+
+/// Called after each transaction of handled events commits.
+pub(crate) type AfterCommit = Arc<dyn Fn() + Send + Sync>;
 
 impl<S, C> Spec<S, C> {
     fn new(name: impl Into<String>, state: S) -> Self {
@@ -49,6 +53,7 @@ impl<S, C> Spec<S, C> {
             state: Arc::new(state),
             routes: Vec::new(),
             options: ConsumerOptions::default(),
+            after_commit: None,
         }
     }
 
@@ -132,6 +137,15 @@ macro_rules! builder {
                         _t: PhantomData::<fn() -> T>,
                     })),
                 });
+                self
+            }
+
+            /// Calls `f` after every transaction of handled events has
+            /// committed, e.g. to wake a task that acts on the rows the
+            /// handlers wrote (it sees them, as they are committed).
+            #[must_use]
+            pub fn after_commit(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+                self.0.after_commit = Some(Arc::new(f));
                 self
             }
 

@@ -130,6 +130,47 @@ impl TestBroker {
     }
 }
 
+/// The reasons of the first `n` dead letters of `domain` (subjects
+/// `dlq.<domain>.>`, read from the beginning), sorted.
+///
+/// # Panics
+/// When fewer than `n` arrive within `within`, or one has no reason.
+pub async fn dead_letter_reasons(
+    broker: &dyn Broker,
+    domain: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<String> {
+    let o = SubscribeOptions::new(unique("dlq-reader"), format!("dlq.{domain}.>"))
+        .start(sluice_broker::StartPosition::Beginning);
+    let mut dlq = broker
+        .subscribe(o)
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to the dead letters of {domain}: {e}"));
+    let mut reasons = Vec::with_capacity(n);
+    while reasons.len() < n {
+        let d = match tokio::time::timeout(within, dlq.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => panic!("reading dead letters: {e}"),
+            Ok(None) => panic!("the dead letters of {domain} ended"),
+            Err(_) => panic!(
+                "{} of {n} dead letters of {domain}: {reasons:?}",
+                reasons.len()
+            ),
+        };
+        let reason = dead_letter::reason(&d.message)
+            .unwrap_or_else(|| panic!("a dead letter without a reason: {:?}", d.message.headers))
+            .to_owned();
+        reasons.push(reason);
+        d.ack()
+            .await
+            .unwrap_or_else(|e| panic!("ack a dead letter: {e}"));
+    }
+    dlq.close().await;
+    reasons.sort();
+    reasons
+}
+
 /// Runs each named scenario, `async fn(BrokerBackend, DbBackend)`, as four
 /// tests in a module of its name: `embedded_sqlite` (the one-machine
 /// setup), `embedded_postgres`, `nats_postgres` and `amqp_postgres` (the

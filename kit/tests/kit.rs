@@ -522,6 +522,32 @@ async fn a_projection_is_rebuilt_from_the_beginning(b: BrokerBackend, d: DbBacke
     env.cleanup().await;
 }
 
+async fn after_commit_runs_once_the_handled_rows_are_visible(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let probe = Arc::new(Probe::default());
+    let subject = env.subject("order.placed");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let svc = env
+        .start(
+            Reactor::new("hooked", probe.clone())
+                .on(&subject, record)
+                .after_commit(move || {
+                    let _ = tx.send(());
+                })
+                .options(fast_options()),
+        )
+        .await;
+    publish_all(env.tb.broker.as_ref(), vec![placed(&subject, "k1", 1)]).await;
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the hook runs after the commit")
+        .expect("the hook's channel is open");
+    // Called after the commit: what the handler wrote is there.
+    assert_eq!(env.rows().await, 1);
+    svc.stop().await;
+    env.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
     a_duplicate_delivery_runs_the_handler_once,
     a_crash_between_commit_and_publish_loses_no_event,
@@ -533,6 +559,7 @@ sluice_kit::backend_matrix!(
     a_projection_is_rebuilt_from_the_beginning,
     a_panicking_or_hanging_handler_is_retried_and_the_rest_go_on,
     events_of_a_request_are_published_only_if_its_transaction_commits,
+    after_commit_runs_once_the_handled_rows_are_visible,
 );
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, TransactionTrait};
 use sluice_broker::{
-    InboundMessage, OutboundMessage, StartPosition, SubscribeOptions, Subscription, dead_letter,
+    InboundMessage, OutboundMessage, StartPosition, SubscribeOptions, Subscription,
 };
 use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
 use sluice_kit::{Emitter, KitConfig, Metrics, RunningService};
@@ -385,19 +385,9 @@ async fn bad_events_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBacke
     outside.key = "products/p-5/i-1/original.png".into();
     env.announce(&outside).await;
 
-    let o = SubscribeOptions::new("dlq", format!("dlq.{}.>", env.tb.domain))
-        .start(StartPosition::Beginning);
-    let mut dlq = env.tb.broker.subscribe(o).await.unwrap();
-    let mut reasons = Vec::new();
-    for _ in 0..3 {
-        let d = tokio::time::timeout(WAIT, dlq.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        reasons.push(dead_letter::reason(&d.message).unwrap().to_owned());
-        d.ack().await.unwrap();
-    }
+    let reasons =
+        sluice_kit::testing::dead_letter_reasons(env.tb.broker.as_ref(), &env.tb.domain, 3, WAIT)
+            .await;
     for expected in [
         "payload does not decode as shop.media.v1.ImageUploaded",
         "key \"products/p-6/i-1/original.png\" is not an original in products/p-5/i-1/",
@@ -408,7 +398,6 @@ async fn bad_events_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBacke
             "{expected:?} in {reasons:?}"
         );
     }
-    dlq.close().await;
     env.quiet().await;
     assert!(env.rows().await.is_empty());
     env.cleanup().await;

@@ -193,9 +193,6 @@ async fn record(
             template = template.name(),
             "notification recorded"
         );
-        // The sender looks right away and again shortly after, by when
-        // this transaction has committed.
-        state.wake.notify_one();
     }
     Ok(())
 }

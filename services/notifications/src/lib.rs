@@ -123,8 +123,6 @@ pub(crate) struct Notifications {
     /// Deliveries of an order event before a customer without an address
     /// is given up on (the consumer's max deliveries).
     max_attempts: u32,
-    /// Wakes the sender after a handler recorded a notification.
-    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Notifications {
@@ -215,11 +213,15 @@ pub async fn start(
         Notifications {
             templates,
             max_attempts,
-            wake: wake.clone(),
         },
     )
     .on(&subjects.order_confirmed, handlers::order_confirmed)
     .on(&subjects.order_cancelled, handlers::order_cancelled)
+    .after_commit({
+        // The sender delivers what the handlers recorded, once committed.
+        let wake = wake.clone();
+        move || wake.notify_one()
+    })
     .configured(config);
     let service = Service::new(NAME, broker, db.clone())
         .metrics(metrics)

@@ -2,9 +2,9 @@
 //! transaction committed, then marks each `sent` and emits
 //! `notifications.email.sent` in one transaction.
 //!
-//! It is woken by the handlers (and looks again shortly after, since the
-//! wake comes before the commit), polls otherwise, and makes one pass on
-//! start, so what a crash left pending goes out after a restart.
+//! It is woken after each commit of the order consumer (the kit's
+//! `after_commit` hook), polls otherwise, and makes one pass on start, so
+//! what a crash left pending goes out after a restart.
 //!
 //! Delivering twice is possible only when a crash falls between delivering
 //! and marking; the second delivery is the same message: the mailbox file is
@@ -38,10 +38,6 @@ use crate::{NAME, status};
 
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// After a wake, how long the sender keeps looking for the rows the waking
-/// handler is about to commit.
-const EAGER: Duration = Duration::from_secs(2);
 
 /// The first and the longest wait before a failed delivery is tried again.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -170,8 +166,6 @@ impl Sender {
     /// Delivers pending notifications until `stop` fires, then makes one
     /// last pass.
     pub(crate) async fn run(self, mut stop: ShutdownListener) {
-        let mut eager_until: Option<tokio::time::Instant> = None;
-        let mut eager_wait = Duration::from_millis(10);
         loop {
             let delivered = match self.pass().await {
                 Ok(n) => n,
@@ -183,28 +177,13 @@ impl Sender {
             if delivered >= self.batch {
                 continue;
             }
-            let now = tokio::time::Instant::now();
-            // A handler woke us before its commit: look again soon, a
-            // little later each time, until the window closes.
-            let wait = match eager_until {
-                Some(until) if now < until && delivered == 0 => {
-                    let w = eager_wait.min(until - now);
-                    eager_wait = (eager_wait * 2).min(Duration::from_millis(500));
-                    w
-                }
-                Some(until) if now < until => Duration::from_millis(10),
-                _ => {
-                    eager_until = None;
-                    self.poll
-                }
-            };
+            // The consumer wakes the sender after each commit of recorded
+            // notifications; the poll finds retries that came due and rows
+            // of other replicas.
             tokio::select! {
                 () = stop.wait() => break,
-                () = self.wake.notified() => {
-                    eager_until = Some(tokio::time::Instant::now() + EAGER);
-                    eager_wait = Duration::from_millis(10);
-                }
-                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
             }
         }
         if let Err(e) = self.pass().await {

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
 use sluice_broker::{
     Broker, InboundMessage, OutboundMessage, StartPosition, SubscribeOptions, Subscription,
-    dead_letter,
 };
 use sluice_kit::config::ConsumerConfig;
 use sluice_kit::testing::{BrokerBackend, DbBackend, FaultyBroker, TestBroker, TestDb};
@@ -410,20 +409,9 @@ async fn bad_events_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBacke
         Bytes::from_static(&[0xff]),
     );
     env.tb.broker.publish(garbage).await.unwrap();
-    let o = SubscribeOptions::new("dlq", format!("dlq.{}.>", env.tb.domain))
-        .start(StartPosition::Beginning);
-    let mut dlq = env.tb.broker.subscribe(o).await.unwrap();
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let d = tokio::time::timeout(WAIT, dlq.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        reasons.push(dead_letter::reason(&d.message).unwrap().to_owned());
-        d.ack().await.unwrap();
-    }
-    reasons.sort();
+    let reasons =
+        sluice_kit::testing::dead_letter_reasons(env.tb.broker.as_ref(), &env.tb.domain, 2, WAIT)
+            .await;
     assert!(
         reasons[0].contains("order event without an order id"),
         "{reasons:?}"
@@ -432,7 +420,6 @@ async fn bad_events_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBacke
         reasons[1].contains("payload does not decode"),
         "{reasons:?}"
     );
-    dlq.close().await;
     env.quiet().await;
     assert!(env.mail().is_empty());
     env.cleanup().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_broker::{
-    InboundMessage, OutboundMessage, StartPosition, SubscribeOptions, Subscription, dead_letter,
+    InboundMessage, OutboundMessage, StartPosition, SubscribeOptions, Subscription,
 };
 use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
 use sluice_kit::{KitConfig, Metrics, RunningService};
@@ -179,20 +179,9 @@ async fn bad_commands_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBac
         Bytes::from_static(&[0xff]),
     );
     env.tb.broker.publish(garbage).await.unwrap();
-    let o = SubscribeOptions::new("dlq", format!("dlq.{}.>", env.tb.domain))
-        .start(StartPosition::Beginning);
-    let mut dlq = env.tb.broker.subscribe(o).await.unwrap();
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let d = tokio::time::timeout(WAIT, dlq.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        reasons.push(dead_letter::reason(&d.message).unwrap().to_owned());
-        d.ack().await.unwrap();
-    }
-    reasons.sort();
+    let reasons =
+        sluice_kit::testing::dead_letter_reasons(env.tb.broker.as_ref(), &env.tb.domain, 2, WAIT)
+            .await;
     assert!(
         reasons[0].contains("charge without an order id"),
         "{reasons:?}"
@@ -201,7 +190,6 @@ async fn bad_commands_are_dead_lettered_with_a_reason(b: BrokerBackend, d: DbBac
         reasons[1].contains("payload does not decode"),
         "{reasons:?}"
     );
-    dlq.close().await;
     env.cleanup().await;
 }
 
