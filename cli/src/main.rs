@@ -2,6 +2,7 @@
 //! parses arguments and maps errors to exit codes (0 ok, 1 failure, 2 usage).
 
 mod bench;
+mod ops;
 mod platform;
 mod serve;
 mod up;
@@ -35,6 +36,10 @@ enum Command {
     BenchKit(bench::kit::KitBenchArgs),
     /// Measure orders through the whole shop (as `up` runs it) against bare broker hops.
     BenchShop(bench::shop::ShopBenchArgs),
+    /// Publish events from JSON: one with --json, or one per line from --file or stdin (-).
+    Publish(ops::publish::PublishArgs),
+    /// Follow the events on a subject filter, decoded to JSON with their headers.
+    Tail(ops::tail::TailArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,8 +53,10 @@ fn main() -> ExitCode {
     };
     // A served service sets up its own logs and traces (sluice_kit::app).
     let serving = matches!(cli.command, Command::Serve(_));
+    // Operator commands print data: only warnings and errors go to stderr.
+    let operator = matches!(cli.command, Command::Publish(_) | Command::Tail(_));
     if !serving {
-        init_tracing();
+        init_tracing(if operator { "warn" } else { "info" });
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,6 +75,8 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::BenchKit(args) => bench::kit::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::BenchShop(args) => bench::shop::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Publish(args) => ops::publish::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Tail(args) => ops::tail::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -79,9 +88,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

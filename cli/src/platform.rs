@@ -232,7 +232,10 @@ fn media_store(data_dir: &Path) -> anyhow::Result<(sluice_media::ImageStore, Str
 }
 
 /// Opens (creating) the SQLite database of `service` under `data_dir`.
-async fn service_db(data_dir: &Path, service: &str) -> anyhow::Result<DatabaseConnection> {
+pub(crate) async fn service_db(
+    data_dir: &Path,
+    service: &str,
+) -> anyhow::Result<DatabaseConnection> {
     let url = format!(
         "sqlite://{}?mode=rwc",
         data_dir.join(format!("{service}.db")).display()

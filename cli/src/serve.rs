@@ -11,7 +11,9 @@ use sluice_kit::app::main_with;
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// The service to run.
-    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::platform::SERVICES))]
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(
+        crate::platform::SERVICES.iter().copied().chain(["edge"])
+    ))]
     service: String,
     /// Broker URL (`nats://…`, `amqp://…`, `embedded:<path>`); default: `SLUICE_BROKER__URL`.
     #[arg(long)]
@@ -80,6 +82,15 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
                 sluice_notifications::LISTEN,
                 env,
                 sluice_notifications::from_resources,
+            )
+            .await
+        }
+        "edge" => {
+            main_with(
+                sluice_edge::NAME,
+                "127.0.0.1:9100",
+                env,
+                sluice_edge::from_resources,
             )
             .await
         }

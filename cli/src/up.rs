@@ -3,8 +3,7 @@
 //! The embedded broker (`broker.db`), every service of the reference shop
 //! (each with its own SQLite database beside the log, see
 //! [`crate::platform`]) and the operations endpoints (`/healthz`, `/readyz`,
-//! `/metrics`). The REST edge is built in later work and is not started
-//! (nor pretended to be).
+//! `/metrics`), and the REST edge serving `/v1/…` beside them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use sluice_broker::Broker;
 use sluice_broker::embedded::{EmbeddedBroker, EmbeddedOptions};
-use sluice_kit::health::{OpsServer, Readiness, router};
+use sluice_kit::health::{Readiness, router};
 use sluice_kit::{Metrics, Shutdown};
 
 use crate::platform::Platform;
@@ -49,35 +48,55 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let readiness = platform.readiness(Readiness::new().broker("embedded", broker.clone()));
-    let ops = match OpsServer::bind(args.listen, router(readiness, metrics)).await {
-        Ok(ops) => ops,
+    let edge_db = match crate::platform::service_db(&args.data_dir, sluice_edge::NAME).await {
+        Ok(db) => db,
         Err(e) => {
             platform.stop().await;
             broker.close().await;
-            return Err(e).with_context(|| format!("listening on {}", args.listen));
+            return Err(e);
         }
     };
-    let addr = ops.local_addr().context("the bound address")?;
+    let readiness = platform.readiness(
+        Readiness::new()
+            .broker("embedded", broker.clone())
+            .database(sluice_edge::NAME, edge_db.clone()),
+    );
+    let edge = match sluice_edge::start_with_ops(
+        broker.clone(),
+        edge_db,
+        &config,
+        metrics.clone(),
+        sluice_edge::Subjects::default(),
+        args.listen,
+        router(readiness, metrics),
+    )
+    .await
+    {
+        Ok(edge) => edge,
+        Err(e) => {
+            platform.stop().await;
+            broker.close().await;
+            return Err(e).context("starting the REST edge");
+        }
+    };
+    let addr = edge.addr;
     tracing::info!(
         log = %path.display(),
         url = %format!("embedded:{}", path.display()),
         data = %args.data_dir.display(),
         mail = %platform.mail,
         images = %platform.images,
-        "embedded broker ready; running: {}; not built yet: REST edge",
+        "embedded broker ready; running: {}, edge",
         platform.names().join(", ")
     );
     tracing::info!(
         listen = %addr,
-        "serving http://{addr}/healthz, /readyz and /metrics"
+        "serving the API on http://{addr}/v1/ (orders, products, accounts, auth/token), and http://{addr}/healthz, /readyz and /metrics"
     );
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(ops.run_until(shutdown.listener()));
-    shutdown.on_signal().await;
+    Shutdown::new().on_signal().await;
     tracing::info!("shutting down");
+    edge.stop().await;
     platform.stop().await;
-    server.await.context("the HTTP server task")??;
     broker.close().await;
     Ok(())
 }

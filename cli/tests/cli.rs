@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod operator;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,9 +27,8 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     let lines = Lines::read(child.stderr.take().unwrap());
     let ready = lines.wait_for("embedded broker ready", Duration::from_secs(30));
     assert!(
-        ready.contains(
-            "running: accounts, inventory, payments, orders, notifications, media; not built yet: REST edge"
-        ),
+        ready
+            .contains("running: accounts, inventory, payments, orders, notifications, media, edge"),
         "up says what runs and does not pretend to run the rest: {ready}"
     );
     assert!(ready.contains("mailbox"), "says where e-mails go: {ready}");
@@ -39,6 +40,7 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         "orders",
         "notifications",
         "media",
+        "edge",
     ] {
         assert!(
             dir.path().join(format!("{service}.db")).exists(),
@@ -49,6 +51,9 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     let addr = address_in(&serving).expect("an address in the log line");
     assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_owned()));
+    let (status, body) = http_get(addr, "/v1/products");
+    assert_eq!(status, 200, "the REST edge answers: {body}");
+    assert!(body.contains("\"items\":[]"), "{body}");
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -35,15 +35,18 @@ pub enum Svc {
     Orders,
     /// E-mails about orders.
     Notifications,
+    /// The REST edge.
+    Edge,
 }
 
 /// Every service, in start order.
-pub const SERVICES: [Svc; 5] = [
+pub const SERVICES: [Svc; 6] = [
     Svc::Accounts,
     Svc::Inventory,
     Svc::Payments,
     Svc::Orders,
     Svc::Notifications,
+    Svc::Edge,
 ];
 
 /// Every subject of the shop, on the test's own domains.
@@ -67,6 +70,7 @@ enum Running {
     Accounts(sluice_accounts::Running),
     Inventory(sluice_inventory::Running),
     Notifications(sluice_notifications::Running),
+    Edge(sluice_edge::Running),
     Service(RunningService),
 }
 
@@ -76,6 +80,7 @@ impl Running {
             Self::Accounts(r) => r.kill(),
             Self::Inventory(r) => r.kill(),
             Self::Notifications(r) => r.kill(),
+            Self::Edge(r) => r.kill(),
             Self::Service(r) => r.kill(),
         }
     }
@@ -85,6 +90,7 @@ impl Running {
             Self::Accounts(r) => r.stop().await,
             Self::Inventory(r) => r.stop().await,
             Self::Notifications(r) => r.stop().await,
+            Self::Edge(r) => r.stop().await,
             Self::Service(r) => r.stop().await,
         }
     }
@@ -122,6 +128,8 @@ fn test_config() -> KitConfig {
         sluice_inventory::NAME,
         sluice_notifications::NAME,
         sluice_notifications::ADDRESSES,
+        "edge-products",
+        "edge-orders",
     ] {
         config.consumers.insert(
             name.into(),
@@ -196,6 +204,22 @@ impl Shop {
         };
         let broker = self.tb.broker.clone();
         let running = match svc {
+            Svc::Edge => Running::Edge(
+                sluice_edge::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    sluice_edge::Subjects {
+                        accounts: self.subjects.accounts.clone(),
+                        orders: self.subjects.orders.clone(),
+                        inventory: self.subjects.inventory.clone(),
+                    },
+                    "127.0.0.1:0".parse().unwrap(),
+                )
+                .await
+                .unwrap(),
+            ),
             Svc::Accounts => Running::Accounts(
                 sluice_accounts::start(
                     broker,
@@ -272,6 +296,29 @@ impl Shop {
     /// Starts `svc` again on its database, as a restarted process would.
     pub async fn restart(&mut self, svc: Svc) {
         self.launch(svc, true).await;
+    }
+
+    /// Where the edge serves its API.
+    pub fn edge(&self) -> std::net::SocketAddr {
+        match self.running.get(&Svc::Edge) {
+            Some(Running::Edge(r)) => r.addr,
+            _ => panic!("the edge is not running"),
+        }
+    }
+
+    /// `method path` on the edge, with `headers` and a JSON `body`.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Response {
+        let addr = self.edge();
+        let request = request_text(method, path, headers, body);
+        tokio::task::spawn_blocking(move || exchange(addr, &request))
+            .await
+            .unwrap()
     }
 
     /// The database of `svc`.
@@ -502,4 +549,83 @@ impl Shop {
 /// A fresh order id (UUIDv7, as the edge makes them).
 pub fn order_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl Response {
+    /// The first header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+fn request_text(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> String {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            r.push_str("Content-Type: application/json\r\n");
+        }
+        r.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()));
+    } else {
+        r.push_str("\r\n");
+    }
+    r
+}
+
+/// One HTTP/1.1 exchange over a fresh connection.
+fn exchange(addr: std::net::SocketAddr, request: &str) -> Response {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    assert!(
+        !headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")),
+        "a chunked response: {text}"
+    );
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }

@@ -134,22 +134,26 @@ pub const FLOWS: &[Flow] = &[
     event(
         "inventory.product.created",
         "inventory",
-        &["orders-catalogue (price list)"],
+        &["orders-catalogue (price list)", "edge-products"],
     ),
     event(
         "inventory.product.updated",
         "inventory",
-        &["orders-catalogue (price list)"],
+        &["orders-catalogue (price list)", "edge-products"],
     ),
     event(
         "inventory.product.deleted",
         "inventory",
-        &["orders-catalogue (price list)"],
+        &["orders-catalogue (price list)", "edge-products"],
     ),
-    event("inventory.stock.adjusted", "inventory", &[]),
-    event("inventory.stock.reserved", "inventory", &["orders (saga)"]),
+    event("inventory.stock.adjusted", "inventory", &["edge-products"]),
+    event(
+        "inventory.stock.reserved",
+        "inventory",
+        &["orders (saga)", "edge-products"],
+    ),
     event("inventory.stock.rejected", "inventory", &["orders (saga)"]),
-    event("inventory.stock.released", "inventory", &[]),
+    event("inventory.stock.released", "inventory", &["edge-products"]),
     // media
     event(
         "media.image.uploaded",
@@ -163,14 +167,26 @@ pub const FLOWS: &[Flow] = &[
     // orders
     command("orders.cmd.place", "the REST edge", &["orders (saga)"]),
     command("orders.cmd.cancel", "the REST edge", &["orders (saga)"]),
-    event("orders.order.placed", "orders", &["inventory"]),
-    event("orders.order.confirmed", "orders", &["notifications"]),
+    event(
+        "orders.order.placed",
+        "orders",
+        &["inventory", "edge-orders"],
+    ),
+    event(
+        "orders.order.confirmed",
+        "orders",
+        &["notifications", "edge-orders"],
+    ),
     event(
         "orders.order.cancelled",
         "orders",
-        &["inventory", "notifications"],
+        &["inventory", "notifications", "edge-orders"],
     ),
-    event("orders.order.cancellation_requested", "orders", &[]),
+    event(
+        "orders.order.cancellation_requested",
+        "orders",
+        &["edge-orders"],
+    ),
     // payments
     command("payments.cmd.charge", "orders (saga)", &["payments"]),
     command("payments.cmd.refund", "orders (saga)", &["payments"]),

@@ -1,0 +1,401 @@
+//! The REST edge through the real HTTP stack (bound to port 0), in front of
+//! the whole shop, on every backend: the order flow via the API,
+//! idempotent retries, ETags, pagination, another customer's order (404),
+//! bad tokens (401) and bad bodies (problem+json).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sea_orm::EntityTrait;
+use sluice_integration_tests::{Response, Shop, Svc, WAIT};
+use sluice_kit::testing::{BrokerBackend, DbBackend};
+
+/// Registers `email` through the API and returns a Bearer header value.
+async fn login(shop: &Shop, email: &str) -> String {
+    let creds = format!(r#"{{"email":"{email}","password":"correct horse battery"}}"#);
+    let r = shop.http("POST", "/v1/accounts", &[], Some(&creds)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.header("location").unwrap().starts_with("/v1/accounts/"));
+    let r = shop.http("POST", "/v1/auth/token", &[], Some(&creds)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = r.json();
+    assert_eq!(t["token_type"], "Bearer");
+    assert!(t["expires_in"].as_i64().unwrap() > 0);
+    format!("Bearer {}", t["access_token"].as_str().unwrap())
+}
+
+fn problem(r: &Response, status: u16) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let p = r.json();
+    assert_eq!(p["status"], status);
+    assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
+}
+
+/// Polls `GET path` until `done` holds for its JSON.
+async fn until(
+    shop: &Shop,
+    path: &str,
+    auth: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop
+            .http("GET", path, &[("Authorization", auth)], None)
+            .await;
+        if r.status == 200 && done(&r.json()) {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "{path}: {} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let p = shop.product("edge-1", 10).await;
+    let alice = login(&shop, "alice@example.com").await;
+    // The catalogue shows the product once its event is projected.
+    let product = until(&shop, &format!("/v1/products/{p}"), &alice, |_| true).await;
+    assert_eq!(product["stock"], 10);
+    assert_eq!(product["price_cents"], 1250);
+
+    let body =
+        format!(r#"{{"items":[{{"product_id":"{p}","quantity":2}}],"payment_token":"tok_visa"}}"#);
+    let headers = [
+        ("Authorization", alice.as_str()),
+        ("Idempotency-Key", "k-1"),
+    ];
+    let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["status"], "PENDING");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/orders/{id}").as_str())
+    );
+    // Read-your-writes: the new order is there at once.
+    let r = shop
+        .http(
+            "GET",
+            &format!("/v1/orders/{id}"),
+            &[("Authorization", &alice)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A retry with the same key answers the same; another body is 422.
+    let again = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["id"], id.as_str());
+    let other = body.replace("\"quantity\":2", "\"quantity\":3");
+    problem(
+        &shop
+            .http("POST", "/v1/orders", &headers, Some(&other))
+            .await,
+        422,
+    );
+
+    let order = until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
+        o["status"] == "CONFIRMED"
+    })
+    .await;
+    assert_eq!(order["total_cents"], 2500);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(order["items"][0]["price_cents"], 1250);
+    let product = until(&shop, &format!("/v1/products/{p}"), &alice, |p| {
+        p["stock"] == 8
+    })
+    .await;
+    assert_eq!(product["stock"], 8);
+    // Only one order was placed for the two requests.
+    assert_eq!(
+        sluice_orders::tables::orders::Entity::find()
+            .all(shop.db(Svc::Orders))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // ETag: unchanged → 304.
+    let r = shop
+        .http(
+            "GET",
+            &format!("/v1/orders/{id}"),
+            &[("Authorization", &alice)],
+            None,
+        )
+        .await;
+    let etag = r.header("etag").unwrap().to_owned();
+    let r = shop
+        .http(
+            "GET",
+            &format!("/v1/orders/{id}"),
+            &[("Authorization", &alice), ("If-None-Match", &etag)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+
+    // Another customer sees nothing of it, and cannot cancel it.
+    let bob = login(&shop, "bob@example.com").await;
+    let path = format!("/v1/orders/{id}");
+    problem(
+        &shop
+            .http("GET", &path, &[("Authorization", &bob)], None)
+            .await,
+        404,
+    );
+    problem(
+        &shop
+            .http("DELETE", &path, &[("Authorization", &bob)], None)
+            .await,
+        404,
+    );
+    let mine = shop
+        .http("GET", "/v1/orders", &[("Authorization", &bob)], None)
+        .await;
+    assert_eq!(mine.json()["items"].as_array().unwrap().len(), 0);
+
+    // Its owner cancels it: refunded, stock back.
+    let r = shop
+        .http("DELETE", &path, &[("Authorization", &alice)], None)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let order = until(&shop, &path, &alice, |o| o["status"] == "CANCELLED").await;
+    assert_eq!(order["reason"], "cancelled by the customer");
+    until(&shop, &format!("/v1/products/{p}"), &alice, |p| {
+        p["stock"] == 10
+    })
+    .await;
+    shop.cleanup().await;
+}
+
+async fn pages_visit_every_item_once_in_a_stable_order(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(shop.product(&format!("page-{i}"), 1).await);
+    }
+    ids.sort();
+    let carol = login(&shop, "carol@example.com").await;
+    until(&shop, "/v1/products?limit=100", &carol, |p| {
+        p["items"].as_array().is_some_and(|a| a.len() == 7)
+    })
+    .await;
+    let mut seen = Vec::new();
+    let mut path = "/v1/products?limit=3".to_owned();
+    loop {
+        let page = shop.http("GET", &path, &[], None).await.json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/products?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every product once, in id order");
+    problem(
+        &shop.http("GET", "/v1/products?limit=0", &[], None).await,
+        400,
+    );
+    problem(
+        &shop.http("GET", "/v1/products?limit=101", &[], None).await,
+        400,
+    );
+    problem(
+        &shop.http("GET", "/v1/products?cursor=%%%", &[], None).await,
+        400,
+    );
+    shop.cleanup().await;
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token signed with the accounts service's own key, with `claims`.
+async fn signed(shop: &Shop, header: &str, claims: &serde_json::Value) -> String {
+    let key = sluice_accounts::tables::signing_keys::Entity::find()
+        .one(shop.db(Svc::Accounts))
+        .await
+        .unwrap()
+        .unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&key.private_pkcs8).unwrap();
+    let header = header.replace("KID", &key.kid);
+    let input = format!(
+        "{}.{}",
+        b64(header.as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = pair.sign(input.as_bytes());
+    format!("Bearer {input}.{}", b64(sig.as_ref()))
+}
+
+async fn bad_tokens_and_bodies_are_problems(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let good = login(&shop, "dave@example.com").await;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let claims = |exp: i64| {
+        serde_json::json!({
+            "sub": "someone", "scope": "orders:read orders:write",
+            "iat": now - 10, "nbf": now - 10, "exp": exp,
+            "jti": "j", "iss": sluice_accounts::token::ISSUER,
+        })
+    };
+    // The accounts key itself, to show the claims are what is refused.
+    let valid = signed(
+        &shop,
+        r#"{"alg":"EdDSA","typ":"JWT","kid":"KID"}"#,
+        &claims(now + 600),
+    )
+    .await;
+    let r = shop
+        .http("GET", "/v1/orders", &[("Authorization", &valid)], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let expired = signed(
+        &shop,
+        r#"{"alg":"EdDSA","typ":"JWT","kid":"KID"}"#,
+        &claims(now - 120),
+    )
+    .await;
+    let parts: Vec<&str> = good.trim_start_matches("Bearer ").split('.').collect();
+    let forged = format!(
+        "Bearer {}.{}.{}",
+        parts[0],
+        b64(claims(now + 600).to_string().as_bytes()),
+        parts[2]
+    );
+    let none = format!(
+        "Bearer {}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims(now + 600).to_string().as_bytes())
+    );
+    let hs = format!(
+        "Bearer {}.{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims(now + 600).to_string().as_bytes()),
+        b64(b"not-a-mac")
+    );
+    for (what, auth) in [
+        ("expired", expired.as_str()),
+        ("forged", forged.as_str()),
+        ("alg none", none.as_str()),
+        ("HS256", hs.as_str()),
+        ("garbage", "Bearer nope"),
+        ("not bearer", "Basic Zm9vOmJhcg=="),
+    ] {
+        let r = shop
+            .http("GET", "/v1/orders", &[("Authorization", auth)], None)
+            .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        problem(&r, 401);
+    }
+    problem(&shop.http("GET", "/v1/orders", &[], None).await, 401);
+
+    // Bodies: unknown field, wrong type, not JSON, no key, too large.
+    let h = [("Authorization", good.as_str()), ("Idempotency-Key", "k")];
+    let unknown =
+        r#"{"items":[{"product_id":"p","quantity":1}],"payment_token":"tok_visa","coupon":"x"}"#;
+    problem(
+        &shop.http("POST", "/v1/orders", &h, Some(unknown)).await,
+        400,
+    );
+    let wrong = r#"{"items":[{"product_id":"p","quantity":"one"}],"payment_token":"tok_visa"}"#;
+    problem(&shop.http("POST", "/v1/orders", &h, Some(wrong)).await, 400);
+    problem(
+        &shop.http("POST", "/v1/orders", &h, Some("{not json")).await,
+        400,
+    );
+    let negative = r#"{"items":[{"product_id":"p","quantity":-1}],"payment_token":"tok_visa"}"#;
+    problem(
+        &shop.http("POST", "/v1/orders", &h, Some(negative)).await,
+        400,
+    );
+    let ok = r#"{"items":[{"product_id":"p","quantity":1}],"payment_token":"tok_visa"}"#;
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/orders",
+                &[("Authorization", good.as_str())],
+                Some(ok),
+            )
+            .await,
+        400,
+    );
+    let big = format!(
+        r#"{{"items":[{{"product_id":"{}","quantity":1}}],"payment_token":"tok_visa"}}"#,
+        "x".repeat(sluice_edge::BODY_LIMIT)
+    );
+    problem(&shop.http("POST", "/v1/orders", &h, Some(&big)).await, 413);
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/orders",
+                &[
+                    ("Authorization", good.as_str()),
+                    ("Idempotency-Key", "k"),
+                    ("Content-Type", "text/plain"),
+                ],
+                Some(ok),
+            )
+            .await,
+        415,
+    );
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/accounts",
+                &[],
+                Some(r#"{"email":"x","password":"short"}"#),
+            )
+            .await,
+        400,
+    );
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/accounts",
+                &[],
+                Some(r#"{"email":"dave@example.com","password":"correct horse battery"}"#),
+            )
+            .await,
+        409,
+    );
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/auth/token",
+                &[],
+                Some(r#"{"email":"dave@example.com","password":"wrong password!"}"#),
+            )
+            .await,
+        401,
+    );
+    problem(&shop.http("GET", "/v1/nothing", &[], None).await, 404);
+    shop.cleanup().await;
+}
+
+sluice_kit::backend_matrix!(
+    an_order_flows_through_the_api,
+    pages_visit_every_item_once_in_a_stable_order,
+    bad_tokens_and_bodies_are_problems,
+);

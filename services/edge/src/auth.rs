@@ -1,0 +1,115 @@
+//! Who is calling: Bearer JWTs verified with the accounts service's public
+//! keys (fetched by request/reply, fetched again when a token names a key
+//! the edge does not know yet).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use sluice_accounts::token::{Claims, TokenError, Verifier};
+use sluice_kit::rpc::Requester;
+use sluice_proto::shop::accounts::v1::{GetPublicKey, PublicKeys};
+use tokio::sync::RwLock;
+
+use crate::Edge;
+use crate::problem::Problem;
+
+/// The accounts service's token keys, as the edge knows them.
+pub(crate) struct Keys {
+    requester: Requester,
+    subject: String,
+    verifier: RwLock<Option<(Verifier, Instant)>>,
+}
+
+/// How often an unknown key may make the edge ask for the keys again.
+const REFRESH: Duration = Duration::from_secs(5);
+
+impl Keys {
+    pub(crate) fn new(requester: Requester, subject: String) -> Self {
+        Self {
+            requester,
+            subject,
+            verifier: RwLock::new(None),
+        }
+    }
+
+    /// Asks the accounts service for its keys.
+    pub(crate) async fn refresh(&self) -> Result<(), Problem> {
+        let keys: PublicKeys = self
+            .requester
+            .request(&self.subject, &GetPublicKey {}, None)
+            .await
+            .map_err(|e| {
+                Problem::unavailable(format!("the accounts service did not answer: {e}"))
+            })?;
+        let verifier = Verifier::from_jwks(keys.keys.iter()).map_err(Problem::internal)?;
+        *self.verifier.write().await = Some((verifier, Instant::now()));
+        Ok(())
+    }
+
+    /// The claims of `token`, or 401.
+    pub(crate) async fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        let stale = match &*self.verifier.read().await {
+            None => true,
+            Some((v, at)) => match v.verify(token) {
+                Ok(c) => return Ok(c),
+                Err(TokenError::UnknownKey(_)) => at.elapsed() > REFRESH,
+                Err(e) => return Err(Problem::unauthorized(format!("invalid token: {e}"))),
+            },
+        };
+        if stale {
+            self.refresh().await?;
+        }
+        match &*self.verifier.read().await {
+            Some((v, _)) => v
+                .verify(token)
+                .map_err(|e| Problem::unauthorized(format!("invalid token: {e}"))),
+            None => Err(Problem::unavailable("no token keys yet")),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    /// 403 unless the token grants `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), Problem> {
+        if self.0.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "the token lacks the scope {scope}"
+            )))
+        }
+    }
+
+    /// The account id.
+    pub fn id(&self) -> &str {
+        &self.0.sub
+    }
+}
+
+impl FromRequestParts<Arc<Edge>> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, edge: &Arc<Edge>) -> Result<Self, Problem> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Problem::unauthorized("the Authorization header is not a Bearer token")
+            })?;
+        Ok(Self(edge.keys.verify(token).await?))
+    }
+}

@@ -1,0 +1,289 @@
+//! The reference shop's REST edge: HTTP requests in, commands and
+//! request/reply out, answers from read models it projects from the event
+//! stream. It holds no business rules of the services behind it.
+//!
+//! - `POST /v1/accounts`, `POST /v1/auth/token`: request/reply to accounts.
+//! - `GET /v1/products[/{id}]`: the catalogue with stock (projection
+//!   `edge-products` of the inventory's events), cursor-paginated.
+//! - `POST /v1/orders` (Bearer token with `orders:write`, `Idempotency-Key`)
+//!   → 202: a pending row and `orders.cmd.place` in one transaction, so a
+//!   GET right after never 404s; `GET /v1/orders/{id}` with an ETag;
+//!   `GET /v1/orders` (the caller's, newest first); `DELETE
+//!   /v1/orders/{id}` → 202 cancellation requested. Another customer's
+//!   order is 404. The orders read model is the projection `edge-orders`.
+//! - Every error is `application/problem+json`; unknown JSON fields are
+//!   400, bodies over 1 MiB 413.
+//! - `/healthz`, `/readyz`, `/metrics` as every service.
+
+mod api;
+mod auth;
+mod json;
+pub mod migration;
+pub mod problem;
+mod project;
+pub mod tables;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use sluice_broker::Broker;
+use sluice_kit::health::{OpsServer, Readiness};
+use sluice_kit::outbox::Emitter;
+use sluice_kit::rpc::Requester;
+use sluice_kit::{
+    ConsumerError, KitConfig, Metrics, Projection, RunningService, Service, Shutdown,
+};
+
+pub use auth::Caller;
+pub use problem::Problem;
+
+/// The edge's name: its projections' prefix and `ce-source` (`/sluice/edge`).
+pub const NAME: &str = "edge";
+
+/// Where `sluice up` and the `sluice-edge` binary serve the API by default.
+pub const LISTEN: &str = "127.0.0.1:8080";
+
+/// Largest request body.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// The subjects the edge uses, per domain (tests use unique domains).
+#[derive(Debug, Clone, Default)]
+pub struct Subjects {
+    /// The accounts service's commands.
+    pub accounts: sluice_accounts::Subjects,
+    /// The orders service's commands and events.
+    pub orders: sluice_orders::Subjects,
+    /// The inventory's events.
+    pub inventory: sluice_inventory::Subjects,
+}
+
+/// What the handlers share.
+pub struct Edge {
+    db: DatabaseConnection,
+    requester: Requester,
+    emitter: Emitter,
+    keys: auth::Keys,
+    accounts: sluice_accounts::Subjects,
+    orders: sluice_orders::Subjects,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").finish_non_exhaustive()
+    }
+}
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Migrating the schema failed.
+    #[error("cannot migrate the edge schema: {0}")]
+    Migrate(sea_orm::DbErr),
+    /// A projection could not subscribe.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running edge.
+#[derive(Debug)]
+pub struct Running {
+    service: RunningService,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Where the API is served.
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    /// Stops serving (in-flight requests finish), then the projections.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        match self.server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server failed"),
+            Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        self.service.stop().await;
+    }
+
+    /// Stops at once, as a crash would.
+    pub fn kill(self) {
+        self.server.abort();
+        self.service.kill();
+    }
+}
+
+impl sluice_kit::app::Stop for Running {
+    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(Running::stop(self))
+    }
+}
+
+fn products_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
+    let i = &s.inventory;
+    Projection::new("edge-products", ())
+        .on(&i.product_created, project::product_created)
+        .on(&s.orders.product_updated, project::product_updated)
+        .on(&s.orders.product_deleted, project::product_deleted)
+        .on(&i.stock_adjusted, project::stock_adjusted)
+        .on(&i.stock_reserved, project::stock_reserved)
+        .on(&i.stock_released, project::stock_released)
+        .configured(config)
+}
+
+fn orders_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
+    let o = &s.orders;
+    Projection::new("edge-orders", ())
+        .on(&o.order_placed, project::order_placed)
+        .on(&o.order_confirmed, project::order_confirmed)
+        .on(&o.order_cancelled, project::order_cancelled)
+        .on(&o.cancellation_requested, project::cancellation_requested)
+        .configured(config)
+}
+
+/// The API's routes over `edge`, with `ops` (`/healthz`, `/readyz`,
+/// `/metrics`) beside them.
+fn router(edge: Arc<Edge>, ops: Router) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(api::register))
+        .route("/v1/auth/token", post(api::token))
+        .route("/v1/products", get(api::list_products))
+        .route("/v1/products/{id}", get(api::get_product))
+        .route("/v1/orders", post(api::place_order).get(api::list_orders))
+        .route(
+            "/v1/orders/{id}",
+            get(api::get_order).delete(api::cancel_order),
+        )
+        .fallback(|| async { Problem::not_found("no such resource") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(edge)
+        .merge(ops)
+}
+
+/// Migrates `db`, starts the projections and serves the API on `listen`,
+/// with `/healthz`, `/readyz` (the broker and the edge's database) and
+/// `/metrics` beside it.
+///
+/// # Errors
+/// Migration, subscribing or binding failed.
+pub async fn start(
+    broker: Arc<dyn Broker>,
+    db: DatabaseConnection,
+    config: &KitConfig,
+    metrics: Metrics,
+    subjects: Subjects,
+    listen: SocketAddr,
+) -> Result<Running, StartError> {
+    let readiness = Readiness::new()
+        .broker("main", broker.clone())
+        .database(NAME, db.clone());
+    let ops = sluice_kit::health::router(readiness, metrics.clone());
+    start_with_ops(broker, db, config, metrics, subjects, listen, ops).await
+}
+
+/// As [`start`], with the operations endpoints given (`sluice up` serves
+/// the readiness of every service beside the API).
+///
+/// # Errors
+/// Migration, subscribing or binding failed.
+pub async fn start_with_ops(
+    broker: Arc<dyn Broker>,
+    db: DatabaseConnection,
+    config: &KitConfig,
+    metrics: Metrics,
+    subjects: Subjects,
+    listen: SocketAddr,
+    ops: Router,
+) -> Result<Running, StartError> {
+    migration::Migrator::up(&db, None)
+        .await
+        .map_err(StartError::Migrate)?;
+    let service = Service::new(NAME, broker.clone(), db.clone())
+        .metrics(metrics.clone())
+        .projection(products_projection(&subjects, config))
+        .projection(orders_projection(&subjects, config))
+        .start()
+        .await?;
+    let requester = Requester::new(broker.clone(), NAME, Duration::from_secs(10));
+    let edge = Arc::new(Edge {
+        db: db.clone(),
+        keys: auth::Keys::new(requester.clone(), subjects.accounts.public_key.clone()),
+        requester,
+        emitter: Emitter::new(NAME, service.relay_waker()),
+        accounts: subjects.accounts.clone(),
+        orders: subjects.orders.clone(),
+    });
+    if let Err(p) = edge.keys.refresh().await {
+        // Tokens are refused until the accounts service answers.
+        tracing::warn!(detail = %p.detail, "no token keys yet; will ask again on the first token");
+    }
+    let server = match OpsServer::bind(listen, router(edge, ops)).await {
+        Ok(s) => s,
+        Err(source) => {
+            service.stop().await;
+            return Err(StartError::Listen {
+                addr: listen,
+                source,
+            });
+        }
+    };
+    let addr = server.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(server.run_until(shutdown.listener()));
+    Ok(Running {
+        service,
+        shutdown,
+        server,
+        addr,
+    })
+}
+
+/// Why the edge could not start from a process's resources.
+#[derive(Debug, thiserror::Error)]
+pub enum FromResourcesError {
+    /// `SLUICE_EDGE_LISTEN` is not an address.
+    #[error("SLUICE_EDGE_LISTEN={0:?} is not an address (host:port)")]
+    Listen(String),
+    /// The edge did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Starts the edge on a process's resources, serving the API on
+/// `SLUICE_EDGE_LISTEN` (default [`LISTEN`]) — the `sluice-edge` binary
+/// and `sluice serve edge`.
+///
+/// # Errors
+/// A bad address, or as [`start`].
+pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<Running, FromResourcesError> {
+    let text = std::env::var("SLUICE_EDGE_LISTEN").unwrap_or_else(|_| LISTEN.to_owned());
+    let listen = text
+        .parse()
+        .map_err(|_| FromResourcesError::Listen(text.clone()))?;
+    Ok(start(
+        r.broker,
+        r.db,
+        &r.config,
+        r.metrics,
+        Subjects::default(),
+        listen,
+    )
+    .await?)
+}

@@ -1,0 +1,297 @@
+//! The projections that keep the edge's read models: the catalogue with
+//! stock (`edge-products`) and the orders (`edge-orders`). Each writes its
+//! rows in the kit's transaction with its checkpoint, so it is applied once
+//! and can be rebuilt from the beginning of the log.
+
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde::{Deserialize, Serialize};
+use sluice_kit::db::now_micros;
+use sluice_kit::{HandlerError, ProjectionCtx};
+use sluice_proto::shop::inventory::v1::{
+    ProductCreated, ProductDeleted, ProductUpdated, ReservedLine, StockAdjusted, StockReleased,
+    StockReserved,
+};
+use sluice_proto::shop::orders::v1::{
+    OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced,
+};
+
+use crate::tables::{orders, products};
+
+/// One line of an order, as stored and as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Item {
+    /// The product.
+    pub(crate) product_id: String,
+    /// Units.
+    pub(crate) quantity: i64,
+    /// Unit price in minor units (0 until the order is priced).
+    pub(crate) price_cents: i64,
+}
+
+fn need_id(id: &str) -> Result<(), HandlerError> {
+    if id.is_empty() {
+        return Err(HandlerError::Permanent("event without an id".into()));
+    }
+    Ok(())
+}
+
+/// On `ProductCreated`.
+pub(crate) async fn product_created(
+    ctx: ProjectionCtx<()>,
+    p: ProductCreated,
+) -> Result<(), HandlerError> {
+    need_id(&p.product_id)?;
+    products::Entity::insert(products::ActiveModel {
+        id: Set(p.product_id),
+        sku: Set(p.sku),
+        name: Set(p.name),
+        price_cents: Set(p.price_cents),
+        currency: Set(p.currency),
+        stock: Set(p.stock),
+        updated_at: Set(now_micros()),
+    })
+    .on_conflict(
+        OnConflict::column(products::Column::Id)
+            .update_columns([
+                products::Column::Sku,
+                products::Column::Name,
+                products::Column::PriceCents,
+                products::Column::Currency,
+                products::Column::Stock,
+                products::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(ctx.db())
+    .await?;
+    Ok(())
+}
+
+/// On `ProductUpdated`.
+pub(crate) async fn product_updated(
+    ctx: ProjectionCtx<()>,
+    p: ProductUpdated,
+) -> Result<(), HandlerError> {
+    need_id(&p.product_id)?;
+    products::Entity::update_many()
+        .col_expr(products::Column::Sku, Expr::value(p.sku))
+        .col_expr(products::Column::Name, Expr::value(p.name))
+        .col_expr(products::Column::PriceCents, Expr::value(p.price_cents))
+        .col_expr(products::Column::Currency, Expr::value(p.currency))
+        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .filter(products::Column::Id.eq(p.product_id))
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// On `ProductDeleted`.
+pub(crate) async fn product_deleted(
+    ctx: ProjectionCtx<()>,
+    p: ProductDeleted,
+) -> Result<(), HandlerError> {
+    products::Entity::delete_by_id(p.product_id)
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// Adds `delta` to the stock of `product`. Stock events are applied as
+/// deltas, which commute, so events of different keys may apply in any
+/// order.
+async fn add_stock(ctx: &ProjectionCtx<()>, product: &str, delta: i64) -> Result<(), HandlerError> {
+    products::Entity::update_many()
+        .col_expr(
+            products::Column::Stock,
+            Expr::col(products::Column::Stock).add(delta),
+        )
+        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .filter(products::Column::Id.eq(product))
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// On `StockAdjusted`.
+pub(crate) async fn stock_adjusted(
+    ctx: ProjectionCtx<()>,
+    s: StockAdjusted,
+) -> Result<(), HandlerError> {
+    add_stock(&ctx, &s.product_id, s.delta).await
+}
+
+async fn add_lines(
+    ctx: &ProjectionCtx<()>,
+    lines: &[ReservedLine],
+    sign: i64,
+) -> Result<(), HandlerError> {
+    for l in lines {
+        add_stock(ctx, &l.product_id, sign * i64::from(l.quantity)).await?;
+    }
+    Ok(())
+}
+
+/// On `StockReserved`: the units are taken.
+pub(crate) async fn stock_reserved(
+    ctx: ProjectionCtx<()>,
+    s: StockReserved,
+) -> Result<(), HandlerError> {
+    add_lines(&ctx, &s.lines, -1).await
+}
+
+/// On `StockReleased`: the units are back.
+pub(crate) async fn stock_released(
+    ctx: ProjectionCtx<()>,
+    s: StockReleased,
+) -> Result<(), HandlerError> {
+    add_lines(&ctx, &s.lines, 1).await
+}
+
+/// On `OrderPlaced`: the order, priced (created when the edge did not take
+/// it, e.g. during a rebuild).
+pub(crate) async fn order_placed(
+    ctx: ProjectionCtx<()>,
+    o: OrderPlaced,
+) -> Result<(), HandlerError> {
+    need_id(&o.order_id)?;
+    let items: Vec<Item> = o
+        .lines
+        .iter()
+        .map(|l| Item {
+            product_id: l.product_id.clone(),
+            quantity: i64::from(l.quantity),
+            price_cents: l.price_cents,
+        })
+        .collect();
+    let items = serde_json::to_string(&items).map_err(HandlerError::permanent)?;
+    let now = now_micros();
+    orders::Entity::insert(orders::ActiveModel {
+        id: Set(o.order_id),
+        customer_id: Set(o.customer_id),
+        status: Set(sluice_orders::status::PENDING.to_owned()),
+        step: Set("placed".to_owned()),
+        items: Set(items),
+        total_cents: Set(o.total_cents),
+        currency: Set(o.currency),
+        reason: Set(String::new()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        version: Set(1),
+    })
+    .on_conflict(
+        OnConflict::column(orders::Column::Id)
+            .update_columns([
+                orders::Column::Items,
+                orders::Column::TotalCents,
+                orders::Column::Currency,
+                orders::Column::Step,
+                orders::Column::UpdatedAt,
+            ])
+            .value(
+                orders::Column::Version,
+                Expr::col((orders::Entity, orders::Column::Version)).add(1),
+            )
+            .to_owned(),
+    )
+    .exec_without_returning(ctx.db())
+    .await?;
+    Ok(())
+}
+
+/// Moves an order to `status` (and `reason`, `step`).
+async fn set_status(
+    ctx: &ProjectionCtx<()>,
+    id: &str,
+    status: &str,
+    step: &str,
+    reason: Option<&str>,
+) -> Result<u64, HandlerError> {
+    let mut update = orders::Entity::update_many()
+        .col_expr(orders::Column::Status, Expr::value(status))
+        .col_expr(orders::Column::Step, Expr::value(step))
+        .col_expr(orders::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(
+            orders::Column::Version,
+            Expr::col(orders::Column::Version).add(1),
+        );
+    if let Some(r) = reason {
+        update = update.col_expr(orders::Column::Reason, Expr::value(r));
+    }
+    Ok(update
+        .filter(orders::Column::Id.eq(id))
+        .exec(ctx.db())
+        .await?
+        .rows_affected)
+}
+
+/// On `OrderConfirmed`.
+pub(crate) async fn order_confirmed(
+    ctx: ProjectionCtx<()>,
+    o: OrderConfirmed,
+) -> Result<(), HandlerError> {
+    set_status(
+        &ctx,
+        &o.order_id,
+        sluice_orders::status::CONFIRMED,
+        "confirmed",
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// On `OrderCancelled` (an order refused before it was placed has no row
+/// from `OrderPlaced` in a rebuild: it is created here).
+pub(crate) async fn order_cancelled(
+    ctx: ProjectionCtx<()>,
+    o: OrderCancelled,
+) -> Result<(), HandlerError> {
+    need_id(&o.order_id)?;
+    let changed = set_status(
+        &ctx,
+        &o.order_id,
+        sluice_orders::status::CANCELLED,
+        "cancelled",
+        Some(&o.reason),
+    )
+    .await?;
+    if changed == 0 {
+        let now = now_micros();
+        orders::Entity::insert(orders::ActiveModel {
+            id: Set(o.order_id),
+            customer_id: Set(o.customer_id),
+            status: Set(sluice_orders::status::CANCELLED.to_owned()),
+            step: Set("cancelled".to_owned()),
+            items: Set("[]".to_owned()),
+            total_cents: Set(0),
+            currency: Set(String::new()),
+            reason: Set(o.reason),
+            created_at: Set(now),
+            updated_at: Set(now),
+            version: Set(1),
+        })
+        .exec_without_returning(ctx.db())
+        .await?;
+    }
+    Ok(())
+}
+
+/// On `OrderCancellationRequested`: still pending, with the finer step.
+pub(crate) async fn cancellation_requested(
+    ctx: ProjectionCtx<()>,
+    o: OrderCancellationRequested,
+) -> Result<(), HandlerError> {
+    orders::Entity::update_many()
+        .col_expr(orders::Column::Step, Expr::value("cancellation_requested"))
+        .col_expr(orders::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(
+            orders::Column::Version,
+            Expr::col(orders::Column::Version).add(1),
+        )
+        .filter(orders::Column::Id.eq(o.order_id))
+        .filter(orders::Column::Status.eq(sluice_orders::status::PENDING))
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! sea-orm entities of the edge's read models.
+
+/// `products`: the catalogue with stock, as clients see it.
+pub mod products {
+    use sea_orm::entity::prelude::*;
+
+    /// One product.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "products")]
+    pub struct Model {
+        /// Product id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Stock-keeping unit.
+        pub sku: String,
+        /// Display name.
+        pub name: String,
+        /// Price in minor units.
+        pub price_cents: i64,
+        /// ISO 4217 currency code.
+        pub currency: String,
+        /// Units available.
+        pub stock: i64,
+        /// Last change (µs since the epoch).
+        pub updated_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `orders`: orders by id and by customer, as clients see them.
+pub mod orders {
+    use sea_orm::entity::prelude::*;
+
+    /// One order.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "orders")]
+    pub struct Model {
+        /// Order id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// The customer (account id).
+        pub customer_id: String,
+        /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+        pub status: String,
+        /// The saga's finer step, when known (`cancellation_requested`).
+        pub step: String,
+        /// The lines as JSON: `[{product_id, quantity, price_cents}]`.
+        pub items: String,
+        /// Sum of the lines in minor units (0 until priced).
+        pub total_cents: i64,
+        /// ISO 4217 code (empty until priced).
+        pub currency: String,
+        /// Why it was cancelled.
+        pub reason: String,
+        /// Created (µs since the epoch).
+        pub created_at: i64,
+        /// Last change (µs since the epoch).
+        pub updated_at: i64,
+        /// Bumped on every change: the ETag.
+        pub version: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `idempotency`: the first answer to each `Idempotency-Key` of a customer.
+pub mod idempotency {
+    use sea_orm::entity::prelude::*;
+
+    /// One remembered request.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency")]
+    pub struct Model {
+        /// The customer.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub customer_id: String,
+        /// The client's key.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        /// SHA-256 of the request body (hex).
+        pub request_hash: String,
+        /// The order the request created.
+        pub order_id: String,
+        /// When (µs since the epoch).
+        pub created_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
