@@ -56,6 +56,14 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let admin_key = match admin_key(&args.data_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            platform.stop().await;
+            broker.close().await;
+            return Err(e);
+        }
+    };
     let readiness = platform.readiness(
         Readiness::new()
             .broker("embedded", broker.clone())
@@ -67,7 +75,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         &config,
         metrics.clone(),
         sluice_edge::Subjects::default(),
-        args.listen,
+        sluice_edge::EdgeOptions {
+            listen: args.listen,
+            admin_key: Some(admin_key),
+        },
         router(readiness, metrics),
     )
     .await
@@ -99,4 +110,47 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform.stop().await;
     broker.close().await;
     Ok(())
+}
+
+/// The edge's admin API key: `SLUICE_ADMIN_KEY`, else the one stored in
+/// `<data>/admin-key`, else a new one, stored there (readable by the owner
+/// only) and printed once on stderr.
+fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<sluice_kit::Secret> {
+    if let Ok(k) = std::env::var("SLUICE_ADMIN_KEY")
+        && !k.trim().is_empty()
+    {
+        return Ok(sluice_kit::Secret::new(k.trim()));
+    }
+    let path = data_dir.join("admin-key");
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok(sluice_kit::Secret::new(k.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the admin key"))?;
+    let key = format!(
+        "sk_admin_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(key.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // Shown once, to the operator; later runs read it from the file.
+    eprintln!(
+        "sluice: admin API key (X-Api-Key, every scope): {key}\nsluice: stored in {}; set SLUICE_ADMIN_KEY to use another",
+        path.display()
+    );
+    Ok(sluice_kit::Secret::new(key))
 }

@@ -25,6 +25,13 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let lines = Lines::read(child.stderr.take().unwrap());
+    let key = lines.wait_for("admin API key", Duration::from_secs(30));
+    assert!(key.contains("sk_admin_"), "{key}");
+    let stored = std::fs::read_to_string(dir.path().join("admin-key")).unwrap();
+    assert!(
+        key.contains(stored.trim()),
+        "the printed key is the stored one"
+    );
     let ready = lines.wait_for("embedded broker ready", Duration::from_secs(30));
     assert!(
         ready

@@ -19,6 +19,9 @@ use sluice_proto::shop::accounts::v1::{Register, RegisterResult};
 use sluice_proto::shop::inventory::v1::{CreateProduct, ProductResult};
 use sluice_proto::shop::orders::v1::{CancelOrder, PlaceOrder, PlaceOrderLine};
 
+/// The edge's admin API key in tests.
+pub const ADMIN_KEY: &str = "test-admin-key";
+
 /// How long a test waits for the saga to settle.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -130,6 +133,7 @@ fn test_config() -> KitConfig {
         sluice_notifications::ADDRESSES,
         "edge-products",
         "edge-orders",
+        "edge-apikeys",
     ] {
         config.consumers.insert(
             name.into(),
@@ -215,7 +219,10 @@ impl Shop {
                         orders: self.subjects.orders.clone(),
                         inventory: self.subjects.inventory.clone(),
                     },
-                    "127.0.0.1:0".parse().unwrap(),
+                    sluice_edge::EdgeOptions {
+                        listen: "127.0.0.1:0".parse().unwrap(),
+                        admin_key: Some(sluice_kit::Secret::new(ADMIN_KEY)),
+                    },
                 )
                 .await
                 .unwrap(),

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sea_orm::EntityTrait;
-use sluice_integration_tests::{Response, Shop, Svc, WAIT};
+use sluice_integration_tests::{ADMIN_KEY, Response, Shop, Svc, WAIT};
+use sluice_kit::rpc::Requester;
 use sluice_kit::testing::{BrokerBackend, DbBackend};
+use sluice_proto::shop::accounts::v1::{ApiKeyResult, CreateApiKey, RevokeApiKey};
 
 /// Registers `email` through the API and returns a Bearer header value.
 async fn login(shop: &Shop, email: &str) -> String {
@@ -394,7 +396,167 @@ async fn bad_tokens_and_bodies_are_problems(b: BrokerBackend, d: DbBackend) {
     shop.cleanup().await;
 }
 
+async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let new = r#"{"sku":"api-1","name":"Mug","price_cents":899,"currency":"EUR","stock":3}"#;
+    problem(
+        &shop.http("POST", "/v1/products", &[], Some(new)).await,
+        401,
+    );
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/products",
+                &[("X-Api-Key", "sk_nope_nope")],
+                Some(new),
+            )
+            .await,
+        401,
+    );
+    let admin = [("X-Api-Key", ADMIN_KEY)];
+    let r = shop.http("POST", "/v1/products", &admin, Some(new)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/products/{id}").as_str())
+    );
+    assert_eq!(r.json()["stock"], 3);
+    problem(
+        &shop.http("POST", "/v1/products", &admin, Some(new)).await,
+        409,
+    );
+    let bad = r#"{"sku":"api-2","name":"Mug","price_cents":-1,"currency":"EUR","stock":3}"#;
+    problem(
+        &shop.http("POST", "/v1/products", &admin, Some(bad)).await,
+        400,
+    );
+    let stock = format!("/v1/products/{id}/stock");
+    let r = shop
+        .http("POST", &stock, &admin, Some(r#"{"delta":5}"#))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["stock"], 8);
+    problem(
+        &shop
+            .http("POST", &stock, &admin, Some(r#"{"delta":-100}"#))
+            .await,
+        400,
+    );
+    problem(
+        &shop
+            .http(
+                "POST",
+                "/v1/products/nope/stock",
+                &admin,
+                Some(r#"{"delta":1}"#),
+            )
+            .await,
+        404,
+    );
+    let erin = login(&shop, "erin@example.com").await;
+    until(&shop, &format!("/v1/products/{id}"), &erin, |p| {
+        p["stock"] == 8
+    })
+    .await;
+
+    // A key accounts issued: accepted once projected, with its scopes only,
+    // refused once revoked.
+    let requester = Requester::new(shop.tb.broker.clone(), "test", Duration::from_secs(10));
+    let account = shop.customer("frank@example.com").await;
+    let issue = |scopes: &[&str]| CreateApiKey {
+        account_id: account.clone(),
+        name: "ci".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let writer: ApiKeyResult = requester
+        .request(
+            &shop.subjects.accounts.create_api_key,
+            &issue(&["catalog:write"]),
+            None,
+        )
+        .await
+        .unwrap();
+    let reader: ApiKeyResult = requester
+        .request(
+            &shop.subjects.accounts.create_api_key,
+            &issue(&["orders:read"]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(writer.ok && reader.ok, "{writer:?} {reader:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop
+            .http(
+                "POST",
+                &stock,
+                &[("X-Api-Key", &writer.key)],
+                Some(r#"{"delta":1}"#),
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "the issued key is never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop
+            .http(
+                "POST",
+                &stock,
+                &[("X-Api-Key", &reader.key)],
+                Some(r#"{"delta":1}"#),
+            )
+            .await;
+        if r.status == 403 {
+            problem(&r, 403);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoked: ApiKeyResult = requester
+        .request(
+            &shop.subjects.accounts.revoke_api_key,
+            &RevokeApiKey {
+                key_id: writer.key_id.clone(),
+                account_id: account.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(revoked.ok, "{revoked:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop
+            .http(
+                "POST",
+                &stock,
+                &[("X-Api-Key", &writer.key)],
+                Some(r#"{"delta":1}"#),
+            )
+            .await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a revoked key is still accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shop.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
+    catalogue_writes_need_an_api_key_with_catalog_write,
     an_order_flows_through_the_api,
     pages_visit_every_item_once_in_a_stable_order,
     bad_tokens_and_bodies_are_problems,

@@ -16,10 +16,11 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use sluice_kit::db::now_micros;
 use sluice_proto::shop::accounts::v1::{Login, LoginResult, Register, RegisterResult};
+use sluice_proto::shop::inventory::v1::{AdjustStock, CreateProduct, ProductResult};
 use sluice_proto::shop::orders::v1::{CancelOrder, PlaceOrder, PlaceOrderLine};
 
 use crate::Edge;
-use crate::auth::Caller;
+use crate::auth::{Caller, KeyHolder};
 use crate::json::Body;
 use crate::problem::Problem;
 use crate::project::Item;
@@ -35,23 +36,33 @@ pub(crate) struct Credentials {
     password: String,
 }
 
+/// Asks the service behind `subject` (named `service` in errors).
+async fn ask<Req, Resp>(
+    edge: &Edge,
+    service: &str,
+    subject: &str,
+    request: &Req,
+) -> Result<Resp, Problem>
+where
+    Req: prost::Message + prost::Name,
+    Resp: prost::Message + prost::Name + Default,
+{
+    edge.requester
+        .request(subject, request, None)
+        .await
+        .map_err(|e| Problem::unavailable(format!("the {service} service did not answer: {e}")))
+}
+
 /// `POST /v1/accounts` → 201 `{id, email}`.
 pub(crate) async fn register(
     State(edge): Shared,
     Body(c): Body<Credentials>,
 ) -> Result<Response, Problem> {
-    let r: RegisterResult = edge
-        .requester
-        .request(
-            &edge.accounts.register,
-            &Register {
-                email: c.email,
-                password: c.password,
-            },
-            None,
-        )
-        .await
-        .map_err(|e| Problem::unavailable(format!("the accounts service did not answer: {e}")))?;
+    let request = Register {
+        email: c.email,
+        password: c.password,
+    };
+    let r: RegisterResult = ask(&edge, "accounts", &edge.accounts.register, &request).await?;
     if !r.ok {
         return Err(refusal(&r.error_code, r.error));
     }
@@ -72,18 +83,11 @@ pub(crate) async fn token(
     State(edge): Shared,
     Body(c): Body<Credentials>,
 ) -> Result<Response, Problem> {
-    let r: LoginResult = edge
-        .requester
-        .request(
-            &edge.accounts.login,
-            &Login {
-                email: c.email,
-                password: c.password,
-            },
-            None,
-        )
-        .await
-        .map_err(|e| Problem::unavailable(format!("the accounts service did not answer: {e}")))?;
+    let request = Login {
+        email: c.email,
+        password: c.password,
+    };
+    let r: LoginResult = ask(&edge, "accounts", &edge.accounts.login, &request).await?;
     if !r.ok {
         return Err(refusal(&r.error_code, r.error));
     }
@@ -212,6 +216,85 @@ fn paged<R, T: Serialize>(
     };
     let items: Vec<T> = rows.into_iter().map(shape).collect();
     serde_json::json!({"items": items, "next_cursor": next})
+}
+
+/// `POST /v1/products` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewProduct {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    currency: String,
+    stock: i64,
+}
+
+/// `POST /v1/products/{id}/stock` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StockDelta {
+    delta: i64,
+}
+
+/// The product in a reply of the inventory, as clients see it.
+fn product_reply(r: ProductResult) -> Result<Product, Problem> {
+    if !r.ok {
+        return Err(refusal(&r.error_code, r.error));
+    }
+    let p = r
+        .product
+        .ok_or_else(|| Problem::internal("the inventory's reply has no product"))?;
+    Ok(Product {
+        id: p.product_id,
+        sku: p.sku,
+        name: p.name,
+        price_cents: p.price_cents,
+        currency: p.currency,
+        stock: p.stock,
+        images: Vec::new(),
+        updated_at: rfc3339(now_micros()),
+    })
+}
+
+/// `POST /v1/products` (API key with `catalog:write`) → 201 + Location.
+pub(crate) async fn create_product(
+    State(edge): Shared,
+    key: KeyHolder,
+    Body(p): Body<NewProduct>,
+) -> Result<Response, Problem> {
+    key.require("catalog:write")?;
+    let request = CreateProduct {
+        sku: p.sku,
+        name: p.name,
+        price_cents: p.price_cents,
+        currency: p.currency,
+        stock: p.stock,
+    };
+    let r: ProductResult =
+        ask(&edge, "inventory", &edge.inventory.create_product, &request).await?;
+    let product = product_reply(r)?;
+    let location = format!("/v1/products/{}", product.id);
+    let mut resp = (StatusCode::CREATED, Json(product)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `POST /v1/products/{id}/stock` `{delta}` (API key with `catalog:write`).
+pub(crate) async fn adjust_stock(
+    State(edge): Shared,
+    key: KeyHolder,
+    Path(id): Path<String>,
+    Body(d): Body<StockDelta>,
+) -> Result<Response, Problem> {
+    key.require("catalog:write")?;
+    let request = AdjustStock {
+        product_id: id,
+        delta: d.delta,
+    };
+    let r: ProductResult = ask(&edge, "inventory", &edge.inventory.adjust_stock, &request).await?;
+    Ok(Json(product_reply(r)?).into_response())
 }
 
 /// `GET /v1/products/{id}`.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use sea_orm::EntityTrait;
 use sluice_accounts::token::{Claims, TokenError, Verifier};
 use sluice_kit::rpc::Requester;
 use sluice_proto::shop::accounts::v1::{GetPublicKey, PublicKeys};
@@ -111,5 +112,66 @@ impl FromRequestParts<Arc<Edge>> for Caller {
                 Problem::unauthorized("the Authorization header is not a Bearer token")
             })?;
         Ok(Self(edge.keys.verify(token).await?))
+    }
+}
+
+/// A caller holding an API key (`X-Api-Key`): the admin key
+/// (`SLUICE_ADMIN_KEY`, every scope) or a key accounts issued, compared by
+/// hash in constant time.
+#[derive(Debug, Clone)]
+pub struct KeyHolder {
+    /// The key's scopes.
+    scopes: Vec<String>,
+}
+
+impl KeyHolder {
+    /// 403 unless the key grants `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), Problem> {
+        if self.scopes.iter().any(|s| s == scope || s == "*") {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "the API key lacks the scope {scope}"
+            )))
+        }
+    }
+}
+
+/// Equal in constant time (for secrets and their hashes).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
+}
+
+impl FromRequestParts<Arc<Edge>> for KeyHolder {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, edge: &Arc<Edge>) -> Result<Self, Problem> {
+        let key = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Problem::unauthorized("an X-Api-Key header is required"))?;
+        if let Some(admin) = &edge.admin_key
+            && same(admin.expose().as_bytes(), key.as_bytes())
+        {
+            return Ok(Self {
+                scopes: vec!["*".to_owned()],
+            });
+        }
+        let refused = || Problem::unauthorized("the API key is not valid");
+        let (id, secret) = sluice_accounts::api_keys::parse_key(key).ok_or_else(refused)?;
+        let row = crate::tables::api_keys::Entity::find_by_id(id.to_owned())
+            .one(&edge.db)
+            .await?
+            .ok_or_else(refused)?;
+        let hash = sluice_accounts::api_keys::secret_hash(secret);
+        if row.revoked || !same(row.key_hash.as_bytes(), hash.as_bytes()) {
+            return Err(refused());
+        }
+        Ok(Self {
+            scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+        })
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! - `POST /v1/accounts`, `POST /v1/auth/token`: request/reply to accounts.
 //! - `GET /v1/products[/{id}]`: the catalogue with stock (projection
-//!   `edge-products` of the inventory's events), cursor-paginated.
+//!   `edge-products` of the inventory's events), cursor-paginated;
+//!   `POST /v1/products` and `POST /v1/products/{id}/stock` with an API key
+//!   (`X-Api-Key`, scope `catalog:write`: the admin key or a key accounts
+//!   issued, projected as `edge-apikeys`), request/reply to inventory.
 //! - `POST /v1/orders` (Bearer token with `orders:write`, `Idempotency-Key`)
 //!   → 202: a pending row and `orders.cmd.place` in one transaction, so a
 //!   GET right after never 404s; `GET /v1/orders/{id}` with an ETag;
@@ -37,10 +40,10 @@ use sluice_kit::health::{OpsServer, Readiness};
 use sluice_kit::outbox::Emitter;
 use sluice_kit::rpc::Requester;
 use sluice_kit::{
-    ConsumerError, KitConfig, Metrics, Projection, RunningService, Service, Shutdown,
+    ConsumerError, KitConfig, Metrics, Projection, RunningService, Secret, Service, Shutdown,
 };
 
-pub use auth::Caller;
+pub use auth::{Caller, KeyHolder};
 pub use problem::Problem;
 
 /// The edge's name: its projections' prefix and `ce-source` (`/sluice/edge`).
@@ -63,14 +66,36 @@ pub struct Subjects {
     pub inventory: sluice_inventory::Subjects,
 }
 
+/// How the edge is served.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// Where the API is served (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The admin API key (every scope), e.g. from `SLUICE_ADMIN_KEY`;
+    /// `None`: only keys issued by accounts are accepted.
+    pub admin_key: Option<Secret>,
+}
+
+impl EdgeOptions {
+    /// Serve on `listen` without an admin key.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            admin_key: None,
+        }
+    }
+}
+
 /// What the handlers share.
 pub struct Edge {
     db: DatabaseConnection,
     requester: Requester,
     emitter: Emitter,
     keys: auth::Keys,
+    admin_key: Option<Secret>,
     accounts: sluice_accounts::Subjects,
     orders: sluice_orders::Subjects,
+    inventory: sluice_inventory::Subjects,
 }
 
 impl std::fmt::Debug for Edge {
@@ -145,6 +170,13 @@ fn products_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
         .configured(config)
 }
 
+fn api_keys_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
+    Projection::new("edge-apikeys", ())
+        .on(&s.accounts.api_key_created, project::api_key_created)
+        .on(&s.accounts.api_key_revoked, project::api_key_revoked)
+        .configured(config)
+}
+
 fn orders_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
     let o = &s.orders;
     Projection::new("edge-orders", ())
@@ -161,8 +193,12 @@ fn router(edge: Arc<Edge>, ops: Router) -> Router {
     Router::new()
         .route("/v1/accounts", post(api::register))
         .route("/v1/auth/token", post(api::token))
-        .route("/v1/products", get(api::list_products))
+        .route(
+            "/v1/products",
+            get(api::list_products).post(api::create_product),
+        )
         .route("/v1/products/{id}", get(api::get_product))
+        .route("/v1/products/{id}/stock", post(api::adjust_stock))
         .route("/v1/orders", post(api::place_order).get(api::list_orders))
         .route(
             "/v1/orders/{id}",
@@ -186,13 +222,13 @@ pub async fn start(
     config: &KitConfig,
     metrics: Metrics,
     subjects: Subjects,
-    listen: SocketAddr,
+    options: EdgeOptions,
 ) -> Result<Running, StartError> {
     let readiness = Readiness::new()
         .broker("main", broker.clone())
         .database(NAME, db.clone());
     let ops = sluice_kit::health::router(readiness, metrics.clone());
-    start_with_ops(broker, db, config, metrics, subjects, listen, ops).await
+    start_with_ops(broker, db, config, metrics, subjects, options, ops).await
 }
 
 /// As [`start`], with the operations endpoints given (`sluice up` serves
@@ -206,9 +242,10 @@ pub async fn start_with_ops(
     config: &KitConfig,
     metrics: Metrics,
     subjects: Subjects,
-    listen: SocketAddr,
+    options: EdgeOptions,
     ops: Router,
 ) -> Result<Running, StartError> {
+    let listen = options.listen;
     migration::Migrator::up(&db, None)
         .await
         .map_err(StartError::Migrate)?;
@@ -216,6 +253,7 @@ pub async fn start_with_ops(
         .metrics(metrics.clone())
         .projection(products_projection(&subjects, config))
         .projection(orders_projection(&subjects, config))
+        .projection(api_keys_projection(&subjects, config))
         .start()
         .await?;
     let requester = Requester::new(broker.clone(), NAME, Duration::from_secs(10));
@@ -224,8 +262,10 @@ pub async fn start_with_ops(
         keys: auth::Keys::new(requester.clone(), subjects.accounts.public_key.clone()),
         requester,
         emitter: Emitter::new(NAME, service.relay_waker()),
+        admin_key: options.admin_key,
         accounts: subjects.accounts.clone(),
         orders: subjects.orders.clone(),
+        inventory: subjects.inventory.clone(),
     });
     if let Err(p) = edge.keys.refresh().await {
         // Tokens are refused until the accounts service answers.
@@ -267,8 +307,9 @@ pub enum FromResourcesError {
 }
 
 /// Starts the edge on a process's resources, serving the API on
-/// `SLUICE_EDGE_LISTEN` (default [`LISTEN`]) — the `sluice-edge` binary
-/// and `sluice serve edge`.
+/// `SLUICE_EDGE_LISTEN` (default [`LISTEN`]) with the admin key
+/// `SLUICE_ADMIN_KEY` (if set) — the `sluice-edge` binary and
+/// `sluice serve edge`.
 ///
 /// # Errors
 /// A bad address, or as [`start`].
@@ -277,13 +318,20 @@ pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<Running, Fr
     let listen = text
         .parse()
         .map_err(|_| FromResourcesError::Listen(text.clone()))?;
+    let options = EdgeOptions {
+        listen,
+        admin_key: std::env::var("SLUICE_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(Secret::new),
+    };
     Ok(start(
         r.broker,
         r.db,
         &r.config,
         r.metrics,
         Subjects::default(),
-        listen,
+        options,
     )
     .await?)
 }

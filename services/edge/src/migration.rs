@@ -10,7 +10,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTables)]
+        vec![Box::new(CreateTables), Box::new(CreateApiKeys)]
     }
 }
 
@@ -129,6 +129,44 @@ impl MigrationTrait for CreateTables {
                         .col(Idempotency::CustomerId)
                         .col(Idempotency::Key),
                 )
+                .to_owned(),
+        )
+        .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum ApiKeys {
+    Table,
+    KeyId,
+    AccountId,
+    Scopes,
+    KeyHash,
+    Revoked,
+}
+
+struct CreateApiKeys;
+
+impl MigrationName for CreateApiKeys {
+    fn name(&self) -> &str {
+        "m0002_edge_api_keys"
+    }
+}
+
+// async_trait's expansion of the trait's signature needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for CreateApiKeys {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(ApiKeys::Table)
+                .if_not_exists()
+                .col(text(ApiKeys::KeyId).primary_key())
+                .col(text(ApiKeys::AccountId))
+                .col(text(ApiKeys::Scopes))
+                .col(text(ApiKeys::KeyHash))
+                .col(ColumnDef::new(ApiKeys::Revoked).boolean().not_null())
                 .to_owned(),
         )
         .await

@@ -8,6 +8,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use sluice_kit::db::now_micros;
 use sluice_kit::{HandlerError, ProjectionCtx};
+use sluice_proto::shop::accounts::v1::{ApiKeyCreated, ApiKeyRevoked};
 use sluice_proto::shop::inventory::v1::{
     ProductCreated, ProductDeleted, ProductUpdated, ReservedLine, StockAdjusted, StockReleased,
     StockReserved,
@@ -16,7 +17,7 @@ use sluice_proto::shop::orders::v1::{
     OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced,
 };
 
-use crate::tables::{orders, products};
+use crate::tables::{api_keys, orders, products};
 
 /// One line of an order, as stored and as shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +292,48 @@ pub(crate) async fn cancellation_requested(
         )
         .filter(orders::Column::Id.eq(o.order_id))
         .filter(orders::Column::Status.eq(sluice_orders::status::PENDING))
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// On `ApiKeyCreated`: the key is accepted (by its hash).
+pub(crate) async fn api_key_created(
+    ctx: ProjectionCtx<()>,
+    k: ApiKeyCreated,
+) -> Result<(), HandlerError> {
+    need_id(&k.key_id)?;
+    if k.key_hash.is_empty() {
+        return Err(HandlerError::Permanent(format!(
+            "API key {} has no hash",
+            k.key_id
+        )));
+    }
+    api_keys::Entity::insert(api_keys::ActiveModel {
+        key_id: Set(k.key_id),
+        account_id: Set(k.account_id),
+        scopes: Set(k.scopes.join(" ")),
+        key_hash: Set(k.key_hash),
+        revoked: Set(false),
+    })
+    .on_conflict(
+        OnConflict::column(api_keys::Column::KeyId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(ctx.db())
+    .await?;
+    Ok(())
+}
+
+/// On `ApiKeyRevoked`: the key is refused from now on.
+pub(crate) async fn api_key_revoked(
+    ctx: ProjectionCtx<()>,
+    k: ApiKeyRevoked,
+) -> Result<(), HandlerError> {
+    api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::Revoked, Expr::value(true))
+        .filter(api_keys::Column::KeyId.eq(k.key_id))
         .exec(ctx.db())
         .await?;
     Ok(())

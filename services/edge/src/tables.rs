@@ -100,3 +100,32 @@ pub mod idempotency {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `api_keys`: the API keys accounts issued, by hash (projected from
+/// `accounts.apikey.created` / `revoked`).
+pub mod api_keys {
+    use sea_orm::entity::prelude::*;
+
+    /// One key.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        /// Key id (the middle part of `sk_<id>_<secret>`).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_id: String,
+        /// The owning account.
+        pub account_id: String,
+        /// Space-separated scopes.
+        pub scopes: String,
+        /// Hex SHA-256 of the secret.
+        pub key_hash: String,
+        /// No longer accepted.
+        pub revoked: bool,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
