@@ -328,6 +328,19 @@ impl Shop {
             .unwrap()
     }
 
+    /// `GET path` on the edge in the background, read until the server
+    /// closes the connection (a Server-Sent Events stream that ends): the
+    /// raw response text.
+    pub fn http_stream(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<String> {
+        let addr = self.edge();
+        let request = request_text("GET", path, headers, None);
+        tokio::task::spawn_blocking(move || raw_exchange(addr, &request))
+    }
+
     /// The database of `svc`.
     pub fn db(&self, svc: Svc) -> &sea_orm::DatabaseConnection {
         &self.dbs[&svc].db
@@ -604,15 +617,21 @@ fn request_text(method: &str, path: &str, headers: &[(&str, &str)], body: Option
     r
 }
 
-/// One HTTP/1.1 exchange over a fresh connection.
-fn exchange(addr: std::net::SocketAddr, request: &str) -> Response {
+/// Sends `request` on a fresh connection; everything the server sends
+/// until it closes.
+fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// One HTTP/1.1 exchange over a fresh connection.
+fn exchange(addr: std::net::SocketAddr, request: &str) -> Response {
+    let text = raw_exchange(addr, request);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines

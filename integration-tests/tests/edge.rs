@@ -57,7 +57,7 @@ async fn until(
 }
 
 async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
-    let shop = Shop::start(b, d).await;
+    let mut shop = Shop::start(b, d).await;
     let p = shop.product("edge-1", 10).await;
     let alice = login(&shop, "alice@example.com").await;
     // The catalogue shows the product once its event is projected.
@@ -65,6 +65,9 @@ async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
     assert_eq!(product["stock"], 10);
     assert_eq!(product["price_cents"], 1250);
 
+    // Payments is down while the order is placed, so it stays PENDING until
+    // the live stream below is open.
+    shop.kill(Svc::Payments);
     let body =
         format!(r#"{{"items":[{{"product_id":"{p}","quantity":2}}],"payment_token":"tok_visa"}}"#);
     let headers = [
@@ -101,6 +104,19 @@ async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
         422,
     );
 
+    // Its status changes, live, until it is over.
+    let stream = shop.http_stream(
+        &format!("/v1/orders/{id}/events"),
+        &[("Authorization", &alice)],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shop.restart(Svc::Payments).await;
+    let events = stream.await.unwrap();
+    assert!(events.contains("text/event-stream"), "{events}");
+    let pending = events.find("\"status\":\"PENDING\"").expect(&events);
+    let confirmed = events.find("\"status\":\"CONFIRMED\"").expect(&events);
+    assert!(pending < confirmed, "{events}");
+    assert!(events.contains("event: status"), "{events}");
     let order = until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
         o["status"] == "CONFIRMED"
     })
@@ -159,6 +175,15 @@ async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
             .await,
         404,
     );
+    let r = shop
+        .http(
+            "GET",
+            &format!("{path}/events"),
+            &[("Authorization", &bob)],
+            None,
+        )
+        .await;
+    problem(&r, 404);
     let mine = shop
         .http("GET", "/v1/orders", &[("Authorization", &bob)], None)
         .await;
@@ -396,6 +421,27 @@ async fn bad_tokens_and_bodies_are_problems(b: BrokerBackend, d: DbBackend) {
     shop.cleanup().await;
 }
 
+/// Adds one unit with `key` until the answer is `status` (an issued or
+/// revoked key takes effect once its event is projected).
+async fn post_until(shop: &Shop, path: &str, key: &str, status: u16) -> Response {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop
+            .http("POST", path, &[("X-Api-Key", key)], Some(r#"{"delta":1}"#))
+            .await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {status}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d: DbBackend) {
     let shop = Shop::start(b, d).await;
     let new = r#"{"sku":"api-1","name":"Mug","price_cents":899,"currency":"EUR","stock":3}"#;
@@ -487,43 +533,8 @@ async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d
         .await
         .unwrap();
     assert!(writer.ok && reader.ok, "{writer:?} {reader:?}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = shop
-            .http(
-                "POST",
-                &stock,
-                &[("X-Api-Key", &writer.key)],
-                Some(r#"{"delta":1}"#),
-            )
-            .await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 401, "{}", r.body);
-        assert!(
-            Instant::now() < deadline,
-            "the issued key is never accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = shop
-            .http(
-                "POST",
-                &stock,
-                &[("X-Api-Key", &reader.key)],
-                Some(r#"{"delta":1}"#),
-            )
-            .await;
-        if r.status == 403 {
-            problem(&r, 403);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{} {}", r.status, r.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    post_until(&shop, &stock, &writer.key, 200).await;
+    problem(&post_until(&shop, &stock, &reader.key, 403).await, 403);
     let revoked: ApiKeyResult = requester
         .request(
             &shop.subjects.accounts.revoke_api_key,
@@ -536,22 +547,7 @@ async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d
         .await
         .unwrap();
     assert!(revoked.ok, "{revoked:?}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = shop
-            .http(
-                "POST",
-                &stock,
-                &[("X-Api-Key", &writer.key)],
-                Some(r#"{"delta":1}"#),
-            )
-            .await;
-        if r.status == 401 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a revoked key is still accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    post_until(&shop, &stock, &writer.key, 401).await;
     shop.cleanup().await;
 }
 

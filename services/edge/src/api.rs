@@ -67,15 +67,12 @@ pub(crate) async fn register(
         return Err(refusal(&r.error_code, r.error));
     }
     let location = format!("/v1/accounts/{}", r.account_id);
-    let mut resp = (
+    let resp = (
         StatusCode::CREATED,
         Json(serde_json::json!({"id": r.account_id, "email": r.email})),
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(with_header(resp, header::LOCATION, &location))
 }
 
 /// `POST /v1/auth/token` → 200 `{access_token, token_type, expires_in}`.
@@ -97,6 +94,14 @@ pub(crate) async fn token(
         "expires_in": r.expires_in,
     }))
     .into_response())
+}
+
+/// `resp` with a `name` header (Location, ETag) of `value`.
+fn with_header(mut resp: Response, name: header::HeaderName, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+    resp
 }
 
 /// A domain refusal from a service's reply, as a problem.
@@ -274,11 +279,8 @@ pub(crate) async fn create_product(
         ask(&edge, "inventory", &edge.inventory.create_product, &request).await?;
     let product = product_reply(r)?;
     let location = format!("/v1/products/{}", product.id);
-    let mut resp = (StatusCode::CREATED, Json(product)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    let resp = (StatusCode::CREATED, Json(product)).into_response();
+    Ok(with_header(resp, header::LOCATION, &location))
 }
 
 /// `POST /v1/products/{id}/stock` `{delta}` (API key with `catalog:write`).
@@ -384,15 +386,12 @@ fn validate(o: &NewOrder) -> Result<(), Problem> {
 }
 
 fn accepted(id: &str) -> Response {
-    let mut r = (
+    let r = (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"id": id, "status": sluice_orders::status::PENDING})),
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/orders/{id}")) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
+    with_header(r, header::LOCATION, &format!("/v1/orders/{id}"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -527,15 +526,12 @@ pub(crate) async fn get_order(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut resp = if unchanged {
+    let resp = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         Json(Order::from(o)).into_response()
     };
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(resp)
+    Ok(with_header(resp, header::ETAG, &etag))
 }
 
 /// `GET /v1/orders?status=&limit=&cursor=` (scope `orders:read`): the
@@ -592,5 +588,71 @@ pub(crate) async fn cancel_order(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"id": o.id, "status": o.status, "cancellation": "requested"})),
     )
+        .into_response())
+}
+
+/// How often an order's event stream looks at the read model.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `GET /v1/orders/{id}/events` (scope `orders:read`): Server-Sent Events,
+/// one `status` event with `{id, status, step, reason}` for the order as it
+/// is and then for each change of the read model, ending after `CONFIRMED`
+/// or `CANCELLED`.
+pub(crate) async fn order_events(
+    State(edge): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    caller.require("orders:read")?;
+    own_order(&edge, &caller, &id).await?;
+    struct Watch {
+        edge: Arc<Edge>,
+        id: String,
+        seen: i64,
+        done: bool,
+    }
+    let start = Watch {
+        edge,
+        id,
+        seen: 0,
+        done: false,
+    };
+    let stream = futures::stream::unfold(start, |mut w| async move {
+        if w.done {
+            return None;
+        }
+        loop {
+            let row = orders::Entity::find_by_id(w.id.clone())
+                .one(&w.edge.db)
+                .await;
+            match row {
+                Ok(Some(o)) if o.version != w.seen => {
+                    w.seen = o.version;
+                    w.done = o.status != sluice_orders::status::PENDING;
+                    let data = serde_json::json!({
+                        "id": o.id,
+                        "status": o.status,
+                        "step": o.step,
+                        "reason": (o.status == sluice_orders::status::CANCELLED).then_some(&o.reason),
+                    });
+                    let event = Event::default()
+                        .event("status")
+                        .id(o.version.to_string())
+                        .data(data.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(event), w));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, order = %w.id, "order event stream stopped");
+                    return None;
+                }
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
         .into_response())
 }

@@ -13,7 +13,8 @@
 //!   GET right after never 404s; `GET /v1/orders/{id}` with an ETag;
 //!   `GET /v1/orders` (the caller's, newest first); `DELETE
 //!   /v1/orders/{id}` → 202 cancellation requested. Another customer's
-//!   order is 404. The orders read model is the projection `edge-orders`.
+//!   order is 404. The orders read model is the projection `edge-orders`;
+//!   `GET /v1/orders/{id}/events` streams its status changes (SSE).
 //! - Every error is `application/problem+json`; unknown JSON fields are
 //!   400, bodies over 1 MiB 413.
 //! - `/healthz`, `/readyz`, `/metrics` as every service.
@@ -204,6 +205,7 @@ fn router(edge: Arc<Edge>, ops: Router) -> Router {
             "/v1/orders/{id}",
             get(api::get_order).delete(api::cancel_order),
         )
+        .route("/v1/orders/{id}/events", get(api::order_events))
         .fallback(|| async { Problem::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(edge)
