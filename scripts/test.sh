@@ -232,6 +232,13 @@ if [ "$PROVISION_ONLY" = 1 ]; then
   exit 0
 fi
 
+# A CI run builds once from a fresh clone: incremental compilation would
+# only add its caches (tens of GB for this workspace's test binaries) to a
+# disk the machine shares with everything else.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+fi
+
 LOCKED=()
 [ -f Cargo.lock ] && LOCKED=(--locked)
 
