@@ -39,67 +39,26 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     if let Some(l) = args.listen {
         env.push(("SLUICE_LISTEN".into(), l));
     }
+    // Each service's binary does the same: `app::main` with its name,
+    // operations address and `from_resources`.
+    macro_rules! serve {
+        ($svc:ident) => {
+            main_with($svc::NAME, $svc::LISTEN, env, $svc::from_resources).await
+        };
+    }
     match args.service.as_str() {
-        "accounts" => {
-            main_with(
-                sluice_accounts::NAME,
-                sluice_accounts::LISTEN,
-                env,
-                sluice_accounts::from_resources,
-            )
-            .await
-        }
-        "inventory" => {
-            main_with(
-                sluice_inventory::NAME,
-                sluice_inventory::LISTEN,
-                env,
-                sluice_inventory::from_resources,
-            )
-            .await
-        }
-        "payments" => {
-            main_with(
-                sluice_payments::NAME,
-                sluice_payments::LISTEN,
-                env,
-                sluice_payments::from_resources,
-            )
-            .await
-        }
-        "orders" => {
-            main_with(
-                sluice_orders::NAME,
-                sluice_orders::LISTEN,
-                env,
-                sluice_orders::from_resources,
-            )
-            .await
-        }
-        "notifications" => {
-            main_with(
-                sluice_notifications::NAME,
-                sluice_notifications::LISTEN,
-                env,
-                sluice_notifications::from_resources,
-            )
-            .await
-        }
+        "accounts" => serve!(sluice_accounts),
+        "inventory" => serve!(sluice_inventory),
+        "payments" => serve!(sluice_payments),
+        "orders" => serve!(sluice_orders),
+        "notifications" => serve!(sluice_notifications),
+        "media" => serve!(sluice_media),
         "edge" => {
             main_with(
                 sluice_edge::NAME,
-                "127.0.0.1:9100",
+                sluice_edge::OPS_LISTEN,
                 env,
                 sluice_edge::from_resources,
-            )
-            .await
-        }
-        "media" => {
-            main_with(
-                sluice_media::NAME,
-                sluice_media::LISTEN,
-                env,
-                sluice_media::from_resources,
             )
             .await
         }

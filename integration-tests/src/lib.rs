@@ -70,9 +70,8 @@ pub struct ShopSubjects {
 }
 
 enum Running {
-    Accounts(sluice_accounts::Running),
-    Inventory(sluice_inventory::Running),
-    Notifications(sluice_notifications::Running),
+    /// Accounts, inventory, notifications: consumers and tasks of their own.
+    Tasks(sluice_kit::RunningWithTasks),
     Edge(sluice_edge::Running),
     Service(RunningService),
 }
@@ -80,9 +79,7 @@ enum Running {
 impl Running {
     fn kill(self) {
         match self {
-            Self::Accounts(r) => r.kill(),
-            Self::Inventory(r) => r.kill(),
-            Self::Notifications(r) => r.kill(),
+            Self::Tasks(r) => r.kill(),
             Self::Edge(r) => r.kill(),
             Self::Service(r) => r.kill(),
         }
@@ -90,9 +87,7 @@ impl Running {
 
     async fn stop(self) {
         match self {
-            Self::Accounts(r) => r.stop().await,
-            Self::Inventory(r) => r.stop().await,
-            Self::Notifications(r) => r.stop().await,
+            Self::Tasks(r) => r.stop().await,
             Self::Edge(r) => r.stop().await,
             Self::Service(r) => r.stop().await,
         }
@@ -227,7 +222,7 @@ impl Shop {
                 .await
                 .unwrap(),
             ),
-            Svc::Accounts => Running::Accounts(
+            Svc::Accounts => Running::Tasks(
                 sluice_accounts::start(
                     broker,
                     db,
@@ -239,7 +234,7 @@ impl Shop {
                 .await
                 .unwrap(),
             ),
-            Svc::Notifications => Running::Notifications(
+            Svc::Notifications => Running::Tasks(
                 sluice_notifications::start(
                     broker,
                     db,
@@ -256,7 +251,7 @@ impl Shop {
                 .await
                 .unwrap(),
             ),
-            Svc::Inventory => Running::Inventory(
+            Svc::Inventory => Running::Tasks(
                 sluice_inventory::start(
                     broker,
                     db,

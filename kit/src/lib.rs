@@ -40,5 +40,5 @@ pub use metrics::Metrics;
 pub use outbox::{Emitter, Relay, RelayOptions};
 pub use retry::{Decision, HandlerError, RetryPolicy, Settled};
 pub use router::{Projection, Reactor};
-pub use service::{RunningService, Service};
+pub use service::{RunningService, RunningWithTasks, Service};
 pub use shutdown::{Shutdown, ShutdownListener};

@@ -247,3 +247,48 @@ impl RunningService {
         }
     }
 }
+
+/// A service with tasks of its own beside its consumers (request/reply
+/// servers, a sender): `stop` tells them to stop through `shutdown` and
+/// awaits them before stopping the consumers; `kill` aborts everything.
+#[derive(Debug)]
+pub struct RunningWithTasks {
+    service: RunningService,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningWithTasks {
+    /// `service` with `tasks` that stop when `shutdown` is triggered.
+    pub fn new(service: RunningService, shutdown: Shutdown, tasks: Vec<JoinHandle<()>>) -> Self {
+        Self {
+            service,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Stops the tasks, then the consumers gracefully (the relay publishes
+    /// what is left in the outbox).
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.service.stop().await;
+    }
+
+    /// Stops at once, as a crash would.
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.service.kill();
+    }
+}
+
+impl crate::app::Stop for RunningWithTasks {
+    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(RunningWithTasks::stop(self))
+    }
+}

@@ -115,6 +115,26 @@ pub fn now_micros() -> i64 {
         .unwrap_or_default()
 }
 
+/// Column definitions the services' migrations share.
+pub mod columns {
+    use sea_orm_migration::prelude::{ColumnDef, IntoIden};
+
+    /// A `NOT NULL` string column.
+    pub fn text(c: impl IntoIden) -> ColumnDef {
+        ColumnDef::new(c).string().not_null().to_owned()
+    }
+
+    /// A `NOT NULL` 64-bit integer column (amounts, counts, µs timestamps).
+    pub fn int(c: impl IntoIden) -> ColumnDef {
+        ColumnDef::new(c).big_integer().not_null().to_owned()
+    }
+
+    /// A `NOT NULL` boolean column.
+    pub fn flag(c: impl IntoIden) -> ColumnDef {
+        ColumnDef::new(c).boolean().not_null().to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

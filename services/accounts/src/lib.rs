@@ -35,7 +35,7 @@ use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use sluice_broker::Broker;
 use sluice_kit::outbox::Emitter;
-use sluice_kit::{ConsumerError, KitConfig, Metrics, RunningService, Service, Shutdown};
+use sluice_kit::{ConsumerError, KitConfig, Metrics, Service, Shutdown};
 
 /// The service's name: its request group and `ce-source` (`/sluice/accounts`).
 pub const NAME: &str = "accounts";
@@ -218,39 +218,8 @@ pub enum StartError {
     Serve(sluice_broker::BrokerError),
 }
 
-/// The running accounts service.
-#[derive(Debug)]
-pub struct Running {
-    service: RunningService,
-    shutdown: Shutdown,
-    commands: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops answering commands, then stops the relay gracefully (what is
-    /// left in the outbox is published).
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        for c in self.commands {
-            let _ = c.await;
-        }
-        self.service.stop().await;
-    }
-
-    /// Stops at once, as a crash would.
-    pub fn kill(self) {
-        for c in &self.commands {
-            c.abort();
-        }
-        self.service.kill();
-    }
-}
-
-impl sluice_kit::app::Stop for Running {
-    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(Running::stop(self))
-    }
-}
+/// The running accounts service: its relay and its command servers.
+pub type Running = sluice_kit::RunningWithTasks;
 
 /// Migrates `db`, makes sure a signing key exists, and starts answering
 /// commands on `broker`. `_kit` is the kit's configuration (the service
@@ -306,11 +275,7 @@ pub async fn start(
     let shutdown = Shutdown::new();
     let serving = serve_all(&broker, &accounts, &subjects, &shutdown).await;
     match serving {
-        Ok(commands) => Ok(Running {
-            service,
-            shutdown,
-            commands,
-        }),
+        Ok(commands) => Ok(Running::new(service, shutdown, commands)),
         Err(e) => {
             shutdown.trigger();
             service.stop().await;

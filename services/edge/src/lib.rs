@@ -53,6 +53,10 @@ pub const NAME: &str = "edge";
 /// Where `sluice up` and the `sluice-edge` binary serve the API by default.
 pub const LISTEN: &str = "127.0.0.1:8080";
 
+/// Where the `sluice-edge` binary serves `/healthz`, `/readyz` and
+/// `/metrics` unless `SLUICE_LISTEN` says otherwise.
+pub const OPS_LISTEN: &str = "127.0.0.1:9100";
+
 /// Largest request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 

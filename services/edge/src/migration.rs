@@ -2,6 +2,7 @@
 
 use sea_orm::DeriveIden;
 use sea_orm_migration::prelude::*;
+use sluice_kit::db::columns::{flag, int, text};
 
 /// Creates and upgrades the edge's tables.
 #[derive(Debug)]
@@ -58,14 +59,6 @@ impl MigrationName for CreateTables {
     fn name(&self) -> &str {
         "m0001_edge_read_models"
     }
-}
-
-fn text(c: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(c).string().not_null().to_owned()
-}
-
-fn int(c: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(c).big_integer().not_null().to_owned()
 }
 
 // async_trait's expansion of the trait's signature needs the elided lifetime.
@@ -166,7 +159,7 @@ impl MigrationTrait for CreateApiKeys {
                 .col(text(ApiKeys::AccountId))
                 .col(text(ApiKeys::Scopes))
                 .col(text(ApiKeys::KeyHash))
-                .col(ColumnDef::new(ApiKeys::Revoked).boolean().not_null())
+                .col(flag(ApiKeys::Revoked))
                 .to_owned(),
         )
         .await

@@ -24,7 +24,7 @@ use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use sluice_broker::Broker;
 use sluice_kit::outbox::Emitter;
-use sluice_kit::{ConsumerError, KitConfig, Metrics, Reactor, RunningService, Service, Shutdown};
+use sluice_kit::{ConsumerError, KitConfig, Metrics, Reactor, Service, Shutdown};
 
 /// The service's name: its consumer group and `ce-source` (`/sluice/inventory`).
 pub const NAME: &str = "inventory";
@@ -105,38 +105,8 @@ pub enum StartError {
     Serve(sluice_broker::BrokerError),
 }
 
-/// The running inventory service.
-#[derive(Debug)]
-pub struct Running {
-    service: RunningService,
-    shutdown: Shutdown,
-    commands: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops answering commands, then stops the consumers gracefully.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        for c in self.commands {
-            let _ = c.await;
-        }
-        self.service.stop().await;
-    }
-
-    /// Stops at once, as a crash would.
-    pub fn kill(self) {
-        for c in &self.commands {
-            c.abort();
-        }
-        self.service.kill();
-    }
-}
-
-impl sluice_kit::app::Stop for Running {
-    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(Running::stop(self))
-    }
-}
+/// The running inventory service: its consumers and its command servers.
+pub type Running = sluice_kit::RunningWithTasks;
 
 /// Migrates `db` and starts the service on `broker`.
 ///
@@ -205,11 +175,7 @@ pub async fn start(
             }
         }
     }
-    Ok(Running {
-        service,
-        shutdown,
-        commands,
-    })
+    Ok(Running::new(service, shutdown, commands))
 }
 
 /// How long a command may take before the caller gives up (for requesters).

@@ -40,8 +40,7 @@ use sea_orm_migration::MigratorTrait;
 use sluice_broker::Broker;
 use sluice_kit::outbox::Emitter;
 use sluice_kit::{
-    ConsumerError, KitConfig, Metrics, Projection, Reactor, RetryPolicy, RunningService, Service,
-    Shutdown,
+    ConsumerError, KitConfig, Metrics, Projection, Reactor, RetryPolicy, Service, Shutdown,
 };
 use tokio::sync::Notify;
 
@@ -150,36 +149,10 @@ pub enum StartError {
     Consumer(#[from] ConsumerError),
 }
 
-/// The running notifications service.
-#[derive(Debug)]
-pub struct Running {
-    service: RunningService,
-    shutdown: Shutdown,
-    sender: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops the sender (after one last pass over what is pending), then the
-    /// consumers gracefully. Notifications recorded while the consumers
-    /// drain are sent by the next start.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = self.sender.await;
-        self.service.stop().await;
-    }
-
-    /// Stops at once, as a crash would.
-    pub fn kill(self) {
-        self.sender.abort();
-        self.service.kill();
-    }
-}
-
-impl sluice_kit::app::Stop for Running {
-    fn stop(self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(Running::stop(self))
-    }
-}
+/// The running notifications service: its consumers and the sender (which
+/// makes one last pass over what is pending when stopped; notifications
+/// recorded while the consumers drain are sent by the next start).
+pub type Running = sluice_kit::RunningWithTasks;
 
 /// Migrates `db` and starts the address book, the order consumer and the
 /// sender on `broker`.
@@ -240,11 +213,7 @@ pub async fn start(
         batch: notifications.batch.max(1),
     };
     let sender = tokio::spawn(sender.run(shutdown.listener()));
-    Ok(Running {
-        service,
-        shutdown,
-        sender,
-    })
+    Ok(Running::new(service, shutdown, vec![sender]))
 }
 
 /// Where the service's own process serves `/healthz`, `/readyz` and

@@ -2,6 +2,7 @@
 
 use sea_orm::DeriveIden;
 use sea_orm_migration::prelude::*;
+use sluice_kit::db::columns::{flag, int, text};
 
 /// Creates and upgrades the orders tables.
 #[derive(Debug)]
@@ -56,18 +57,6 @@ impl MigrationName for CreateTables {
     fn name(&self) -> &str {
         "m0001_orders"
     }
-}
-
-fn text(c: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(c).string().not_null().to_owned()
-}
-
-fn int(c: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(c).big_integer().not_null().to_owned()
-}
-
-fn flag(c: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(c).boolean().not_null().to_owned()
 }
 
 // async_trait's expansion of the trait's signature needs the elided lifetime.
