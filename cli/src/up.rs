@@ -64,6 +64,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let options = match sluice_edge::EdgeOptions::from_env(args.listen, std::env::vars()) {
+        Ok(o) => sluice_edge::EdgeOptions {
+            admin_key: Some(admin_key),
+            ..o
+        },
+        Err(e) => {
+            platform.stop().await;
+            broker.close().await;
+            return Err(e.into());
+        }
+    };
     let readiness = platform.readiness(
         Readiness::new()
             .broker("embedded", broker.clone())
@@ -75,10 +86,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         &config,
         metrics.clone(),
         sluice_edge::Subjects::default(),
-        sluice_edge::EdgeOptions {
-            listen: args.listen,
-            admin_key: Some(admin_key),
-        },
+        options,
         router(readiness, metrics),
     )
     .await

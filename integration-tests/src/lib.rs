@@ -215,8 +215,8 @@ impl Shop {
                         inventory: self.subjects.inventory.clone(),
                     },
                     sluice_edge::EdgeOptions {
-                        listen: "127.0.0.1:0".parse().unwrap(),
                         admin_key: Some(sluice_kit::Secret::new(ADMIN_KEY)),
+                        ..sluice_edge::EdgeOptions::new("127.0.0.1:0".parse().unwrap())
                     },
                 )
                 .await

@@ -29,7 +29,7 @@ pub const PREFIX: &str = "sk_";
 /// Random bytes in a secret.
 const SECRET_BYTES: usize = 32;
 /// Characters of a secret's base64url text (32 bytes, no padding).
-const SECRET_CHARS: usize = 43;
+pub const SECRET_CHARS: usize = 43;
 /// Longest key name, in characters.
 const NAME_MAX: usize = 100;
 

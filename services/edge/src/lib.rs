@@ -16,12 +16,19 @@
 //!   order is 404. The orders read model is the projection `edge-orders`;
 //!   `GET /v1/orders/{id}/events` streams its status changes (SSE).
 //! - Every error is `application/problem+json`; unknown JSON fields are
-//!   400, bodies over 1 MiB 413.
+//!   400, bodies over 1 MiB 413; a client over its rate limit 429 with
+//!   `Retry-After`; a request not answered within its deadline 504.
 //! - `/healthz`, `/readyz`, `/metrics` as every service.
+//! - Served over HTTP/1.1 and h2c, or HTTPS (h2 and HTTP/1.1) with a
+//!   certificate; gzip/br compression; `X-Request-Id` on every response and
+//!   in the request's trace span; CORS for configured origins
+//!   ([`EdgeOptions::from_env`] lists the settings).
 
 mod api;
 mod auth;
+pub mod http;
 mod json;
+mod limit;
 pub mod migration;
 pub mod problem;
 mod project;
@@ -33,11 +40,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use sluice_broker::Broker;
-use sluice_kit::health::{OpsServer, Readiness};
+use sluice_kit::health::Readiness;
 use sluice_kit::outbox::Emitter;
 use sluice_kit::rpc::Requester;
 use sluice_kit::{
@@ -45,6 +53,8 @@ use sluice_kit::{
 };
 
 pub use auth::{Caller, KeyHolder};
+pub use http::{TlsError, TlsFiles};
+pub use limit::RateLimit;
 pub use problem::Problem;
 
 /// The edge's name: its projections' prefix and `ce-source` (`/sluice/edge`).
@@ -79,15 +89,127 @@ pub struct EdgeOptions {
     /// The admin API key (every scope), e.g. from `SLUICE_ADMIN_KEY`;
     /// `None`: only keys issued by accounts are accepted.
     pub admin_key: Option<Secret>,
+    /// Serve HTTPS with this certificate; plain HTTP (and h2c) when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Origins allowed by CORS (`*`: any); none: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Each client's rate limit; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// How long a request may take before it is answered 504.
+    pub request_timeout: Duration,
+}
+
+/// The default request deadline: longer than a request/reply's own timeout
+/// (10 s), so a service that does not answer is reported as such.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A setting of [`EdgeOptions::from_env`] that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is not valid: {expected}")]
+pub struct OptionsError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What it should look like.
+    pub expected: &'static str,
 }
 
 impl EdgeOptions {
-    /// Serve on `listen` without an admin key.
+    /// Serve on `listen` without an admin key, TLS or CORS, with the
+    /// default rate limit and deadline.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
             admin_key: None,
+            tls: None,
+            cors_origins: Vec::new(),
+            rate_limit: Some(RateLimit::DEFAULT),
+            request_timeout: REQUEST_TIMEOUT,
         }
+    }
+
+    /// Options from environment variables (`vars`, e.g. `std::env::vars()`),
+    /// serving on `listen` unless `SLUICE_EDGE_LISTEN` says otherwise:
+    ///
+    /// - `SLUICE_ADMIN_KEY`: the admin API key;
+    /// - `SLUICE_EDGE_TLS_CERT`, `SLUICE_EDGE_TLS_KEY`: PEM files, both or
+    ///   neither;
+    /// - `SLUICE_EDGE_CORS_ORIGINS`: comma-separated origins, or `*`;
+    /// - `SLUICE_EDGE_RATE_LIMIT`: requests per second per client (`0`:
+    ///   unlimited; default 100), `SLUICE_EDGE_RATE_BURST` (default twice
+    ///   the rate);
+    /// - `SLUICE_EDGE_REQUEST_TIMEOUT`: seconds (default 15).
+    ///
+    /// # Errors
+    /// A setting does not parse, or only one TLS file is given.
+    pub fn from_env(
+        listen: SocketAddr,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, OptionsError> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, v)| k.starts_with("SLUICE_") && !v.trim().is_empty())
+            .collect();
+        let get = |name: &str| vars.get(name).map(|v| v.trim().to_owned());
+        let bad = |name: &'static str, value: String, expected: &'static str| OptionsError {
+            name,
+            value,
+            expected,
+        };
+        let mut o = Self::new(listen);
+        if let Some(v) = get("SLUICE_EDGE_LISTEN") {
+            o.listen = v
+                .parse()
+                .map_err(|_| bad("SLUICE_EDGE_LISTEN", v, "an address (host:port)"))?;
+        }
+        o.admin_key = get("SLUICE_ADMIN_KEY").map(Secret::new);
+        o.tls = match (get("SLUICE_EDGE_TLS_CERT"), get("SLUICE_EDGE_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(bad(
+                    "SLUICE_EDGE_TLS_CERT",
+                    v,
+                    "SLUICE_EDGE_TLS_CERT and SLUICE_EDGE_TLS_KEY go together",
+                ));
+            }
+        };
+        if let Some(v) = get("SLUICE_EDGE_CORS_ORIGINS") {
+            o.cors_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        let count = |name: &'static str| -> Result<Option<u32>, OptionsError> {
+            get(name)
+                .map(|v| v.parse::<u32>().map_err(|_| bad(name, v, "a whole number")))
+                .transpose()
+        };
+        if let Some(rate) = count("SLUICE_EDGE_RATE_LIMIT")? {
+            o.rate_limit = std::num::NonZeroU32::new(rate).map(|per_second| RateLimit {
+                per_second,
+                burst: per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1)),
+            });
+        }
+        if let (Some(burst), Some(limit)) = (count("SLUICE_EDGE_RATE_BURST")?, &mut o.rate_limit) {
+            limit.burst = std::num::NonZeroU32::new(burst)
+                .ok_or_else(|| bad("SLUICE_EDGE_RATE_BURST", burst.to_string(), "at least 1"))?;
+        }
+        if let Some(v) = get("SLUICE_EDGE_REQUEST_TIMEOUT") {
+            o.request_timeout = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| bad("SLUICE_EDGE_REQUEST_TIMEOUT", v, "seconds, more than 0"))?;
+        }
+        Ok(o)
     }
 }
 
@@ -118,6 +240,9 @@ pub enum StartError {
     /// A projection could not subscribe.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// The certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -192,10 +317,11 @@ fn orders_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
         .configured(config)
 }
 
-/// The API's routes over `edge`, with `ops` (`/healthz`, `/readyz`,
-/// `/metrics`) beside them.
-fn router(edge: Arc<Edge>, ops: Router) -> Router {
-    Router::new()
+/// The API's routes over `edge` with their limits, and `ops` (`/healthz`,
+/// `/readyz`, `/metrics`) beside them; request ids, compression and CORS
+/// around both.
+fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
+    let mut api = Router::new()
         .route("/v1/accounts", post(api::register))
         .route("/v1/auth/token", post(api::token))
         .route(
@@ -213,7 +339,21 @@ fn router(edge: Arc<Edge>, ops: Router) -> Router {
         .fallback(|| async { Problem::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(edge)
-        .merge(ops)
+        .layer(middleware::from_fn_with_state(
+            options.request_timeout,
+            http::deadline,
+        ));
+    if let Some(limit) = options.rate_limit {
+        api = api.layer(middleware::from_fn_with_state(
+            limit::Limiter::new(limit),
+            limit::rate_limit,
+        ));
+    }
+    let mut app = api.merge(ops).layer(http::compression());
+    if let Some(cors) = http::cors(&options.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn(http::trace))
 }
 
 /// Migrates `db`, starts the projections and serves the API on `listen`,
@@ -252,6 +392,7 @@ pub async fn start_with_ops(
     ops: Router,
 ) -> Result<Running, StartError> {
     let listen = options.listen;
+    let tls = options.tls.as_ref().map(http::tls_config).transpose()?;
     migration::Migrator::up(&db, None)
         .await
         .map_err(StartError::Migrate)?;
@@ -268,17 +409,28 @@ pub async fn start_with_ops(
         keys: auth::Keys::new(requester.clone(), subjects.accounts.public_key.clone()),
         requester,
         emitter: Emitter::new(NAME, service.relay_waker()),
-        admin_key: options.admin_key,
+        admin_key: options.admin_key.clone(),
         accounts: subjects.accounts.clone(),
         orders: subjects.orders.clone(),
         inventory: subjects.inventory.clone(),
     });
-    if let Err(p) = edge.keys.refresh().await {
-        // Tokens are refused until the accounts service answers.
-        tracing::warn!(detail = %p.detail, "no token keys yet; will ask again on the first token");
-    }
-    let server = match OpsServer::bind(listen, router(edge, ops)).await {
-        Ok(s) => s,
+    // Ask for the token keys now rather than on the first token, without
+    // holding up the start: tokens are refused until accounts answers.
+    let first = edge.clone();
+    tokio::spawn(async move {
+        if let Err(p) = first.keys.refresh().await {
+            tracing::warn!(detail = %p.detail, "no token keys yet; will ask again on the first token");
+        }
+    });
+    let bound = match tokio::net::TcpListener::bind(listen).await {
+        Ok(tcp) => match tls {
+            None => Ok(http::Bound::Plain(tcp)),
+            Some(config) => http::TlsListener::new(tcp, config).map(http::Bound::Tls),
+        },
+        Err(e) => Err(e),
+    };
+    let bound = match bound {
+        Ok(b) => b,
         Err(source) => {
             service.stop().await;
             return Err(StartError::Listen {
@@ -287,12 +439,13 @@ pub async fn start_with_ops(
             });
         }
     };
-    let addr = server.local_addr().map_err(|source| StartError::Listen {
+    let addr = bound.local_addr().map_err(|source| StartError::Listen {
         addr: listen,
         source,
     })?;
+    let app = router(edge, ops, &options);
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(server.run_until(shutdown.listener()));
+    let server = tokio::spawn(bound.serve(app, shutdown.listener()));
     Ok(Running {
         service,
         shutdown,
@@ -304,33 +457,27 @@ pub async fn start_with_ops(
 /// Why the edge could not start from a process's resources.
 #[derive(Debug, thiserror::Error)]
 pub enum FromResourcesError {
-    /// `SLUICE_EDGE_LISTEN` is not an address.
-    #[error("SLUICE_EDGE_LISTEN={0:?} is not an address (host:port)")]
-    Listen(String),
+    /// A setting does not parse.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
     /// The edge did not start.
     #[error(transparent)]
     Start(#[from] StartError),
 }
 
-/// Starts the edge on a process's resources, serving the API on
-/// `SLUICE_EDGE_LISTEN` (default [`LISTEN`]) with the admin key
-/// `SLUICE_ADMIN_KEY` (if set) — the `sluice-edge` binary and
-/// `sluice serve edge`.
+/// Starts the edge on a process's resources, with the options
+/// [`EdgeOptions::from_env`] reads (serving on [`LISTEN`] by default) — the
+/// `sluice-edge` binary and `sluice serve edge`.
 ///
 /// # Errors
-/// A bad address, or as [`start`].
+/// A bad setting, or as [`start`].
 pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<Running, FromResourcesError> {
-    let text = std::env::var("SLUICE_EDGE_LISTEN").unwrap_or_else(|_| LISTEN.to_owned());
-    let listen = text
-        .parse()
-        .map_err(|_| FromResourcesError::Listen(text.clone()))?;
-    let options = EdgeOptions {
-        listen,
-        admin_key: std::env::var("SLUICE_ADMIN_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(Secret::new),
-    };
+    let listen = LISTEN.parse().map_err(|_| OptionsError {
+        name: "LISTEN",
+        value: LISTEN.to_owned(),
+        expected: "an address",
+    })?;
+    let options = EdgeOptions::from_env(listen, std::env::vars())?;
     Ok(start(
         r.broker,
         r.db,
