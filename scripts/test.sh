@@ -14,11 +14,14 @@
 #               server on a free port (the system NATS on 4222 is not used).
 #   moto        an S3-compatible server (PyPI moto[s3]) in .tools/moto; the
 #               media service's S3 test starts its own on a free port.
+#   schemathesis (PyPI) in .tools/schemathesis: scripts/schemathesis.sh runs
+#               it against a `sluice up` of its own on a free port.
 # No test is ever skipped: a missing broker is a failure.
 #
 # Environment given to the tests (each kept when already set):
 #   SLUICE_NATS_SERVER        .tools/bin/nats-server
 #   SLUICE_TEST_MOTO          .tools/moto (a pip --target folder with moto)
+#   SLUICE_TEST_SCHEMATHESIS  .tools/schemathesis (a pip --target folder)
 #   SLUICE_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #   SLUICE_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:5432/postgres
 #   SLUICE_SERVICE_WAIT       seconds to wait for a service to answer (120)
@@ -31,6 +34,7 @@ ROOT=$PWD
 TOOLS=$ROOT/.tools
 NATS_VERSION=2.15.1
 MOTO_VERSION=5.2.5
+SCHEMATHESIS_VERSION=4.32.5
 WAIT=${SLUICE_SERVICE_WAIT:-120}
 
 say() { printf '==> %s\n' "$*"; }
@@ -187,27 +191,43 @@ provide_nats_server() {
     || fail "nats-server is not available: $SLUICE_NATS_SERVER does not run"
 }
 
-# --- moto (project-local S3-compatible server for the media store's test) ---
+# --- Python tools from PyPI, each in its own pip --target folder in .tools ---
 
-moto_version_ok() {
-  PYTHONPATH=$1 python3 -c "import sys, moto; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null
+# pip_tool_ok DIR MODULE VERSION: DIR imports MODULE at VERSION.
+pip_tool_ok() {
+  PYTHONPATH=$1 python3 -c "import sys, $2; sys.exit($2.__version__ != '$3')" 2>/dev/null
 }
 
-provide_moto() {
-  local dir=$TOOLS/moto
-  if ! moto_version_ok "$dir"; then
+# provide_pip_tool MODULE VERSION REQUIREMENT...: installs the requirements
+# into .tools/MODULE unless it already imports MODULE at VERSION.
+provide_pip_tool() {
+  local module=$1 version=$2 dir=$TOOLS/$1
+  shift 2
+  if ! pip_tool_ok "$dir" "$module" "$version"; then
     command -v python3 >/dev/null || apt_install python3
     python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    say "installing moto $MOTO_VERSION into .tools (PyPI moto[s3], flask, flask-cors)"
-    rm -rf "$TOOLS/moto.new"
+    say "installing $module $version into .tools (PyPI $*)"
+    rm -rf "$dir.new"
     python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-      --target "$TOOLS/moto.new" "moto[s3]==$MOTO_VERSION" flask flask-cors >"$LOG_DIR/pip" 2>&1 \
-      || fail "moto is not available: pip install moto[s3]==$MOTO_VERSION failed: $(last_line "$LOG_DIR/pip")"
+      --target "$dir.new" "$@" >"$LOG_DIR/pip" 2>&1 \
+      || fail "$module is not available: pip install $* failed: $(last_line "$LOG_DIR/pip")"
     rm -rf "$dir"
-    mv "$TOOLS/moto.new" "$dir"
-    moto_version_ok "$dir" || fail "moto is not available: $dir does not import moto $MOTO_VERSION"
+    mv "$dir.new" "$dir"
+    pip_tool_ok "$dir" "$module" "$version" || fail "$module is not available: $dir does not import $module $version"
   fi
-  export SLUICE_TEST_MOTO=${SLUICE_TEST_MOTO:-$dir}
+}
+
+# moto: a project-local S3-compatible server for the media store's test.
+provide_moto() {
+  provide_pip_tool moto "$MOTO_VERSION" "moto[s3]==$MOTO_VERSION" flask flask-cors
+  export SLUICE_TEST_MOTO=${SLUICE_TEST_MOTO:-$TOOLS/moto}
+}
+
+# schemathesis: property-based tests of the edge's OpenAPI description.
+provide_schemathesis() {
+  provide_pip_tool schemathesis "$SCHEMATHESIS_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
+  command -v curl >/dev/null || apt_install curl
+  export SLUICE_TEST_SCHEMATHESIS=${SLUICE_TEST_SCHEMATHESIS:-$TOOLS/schemathesis}
 }
 
 # --- main -------------------------------------------------------------------
@@ -217,6 +237,7 @@ provide_rabbitmq
 provide_postgres
 provide_nats_server
 provide_moto
+provide_schemathesis
 
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_DATABASE_URL=${SLUICE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -226,6 +247,7 @@ echo "    RabbitMQ $RABBITMQ_VERSION on 127.0.0.1:5672 (guest/guest)"
 echo "    PostgreSQL ${POSTGRES_VERSION%% *} on 127.0.0.1:5432 (user postgres, no password)"
 echo "    nats-server ${NATS_SERVER_VERSION#nats-server: v} from ${SLUICE_NATS_SERVER#"$ROOT"/} (each NATS test starts its own on a free port)"
 echo "    moto $MOTO_VERSION (S3) from ${SLUICE_TEST_MOTO#"$ROOT"/} (the S3 test starts its own on a free port)"
+echo "    schemathesis $SCHEMATHESIS_VERSION from ${SLUICE_TEST_SCHEMATHESIS#"$ROOT"/}"
 
 if [ "$PROVISION_ONLY" = 1 ]; then
   say "provisioned (--provision-only)"
@@ -258,5 +280,7 @@ tests() { "$@" 2>&1 | tee -a "$LOG_DIR/tests"; }
 phase "doc tests (cargo test --doc)" tests cargo test "${LOCKED[@]}" --workspace --doc
 phase "tests: unit, conformance on embedded/nats/amqp, reconnects, CLI (cargo test --all-targets)" \
   tests cargo test "${LOCKED[@]}" --workspace --all-targets
+phase "API property tests (schemathesis against /openapi.json of a sluice up)" \
+  bash -c "cargo build ${LOCKED[*]} -p sluice-cli --bin sluice && scripts/schemathesis.sh"
 say "all checks passed"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "Summary: %d passed, %d failed\n", p, f }' "$LOG_DIR/tests"

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod contract;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -105,6 +107,7 @@ pub struct Shop {
     config: KitConfig,
     requester: Requester,
     mailbox: tempfile::TempDir,
+    contract: contract::Contract,
 }
 
 impl std::fmt::Debug for Shop {
@@ -187,6 +190,7 @@ impl Shop {
             config: test_config(),
             requester,
             mailbox: tempfile::tempdir().unwrap(),
+            contract: contract::Contract::new(sluice_edge::openapi::spec()),
         };
         for svc in SERVICES {
             shop.launch(svc, false).await;
@@ -308,7 +312,9 @@ impl Shop {
         }
     }
 
-    /// `method path` on the edge, with `headers` and a JSON `body`.
+    /// `method path` on the edge, with `headers` and a JSON `body`; the
+    /// response is checked against the edge's OpenAPI description
+    /// ([`contract::Contract`]).
     pub async fn http(
         &self,
         method: &str,
@@ -318,9 +324,12 @@ impl Shop {
     ) -> Response {
         let addr = self.edge();
         let request = request_text(method, path, headers, body);
-        tokio::task::spawn_blocking(move || exchange(addr, &request))
+        let r = tokio::task::spawn_blocking(move || exchange(addr, &request))
             .await
-            .unwrap()
+            .unwrap();
+        self.contract
+            .check(method, path, r.status, r.header("content-type"), &r.body);
+        r
     }
 
     /// `GET path` on the edge in the background, read until the server

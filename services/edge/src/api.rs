@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -18,22 +18,61 @@ use sluice_kit::db::now_micros;
 use sluice_proto::shop::accounts::v1::{Login, LoginResult, Register, RegisterResult};
 use sluice_proto::shop::inventory::v1::{AdjustStock, CreateProduct, ProductResult};
 use sluice_proto::shop::orders::v1::{CancelOrder, PlaceOrder, PlaceOrderLine};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::Edge;
 use crate::auth::{Caller, KeyHolder};
-use crate::json::Body;
+use crate::json::{Body, Params, Segment};
 use crate::problem::Problem;
 use crate::project::Item;
 use crate::tables::{idempotency, orders, products};
 
 type Shared = State<Arc<Edge>>;
 
-/// `POST /v1/accounts` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/accounts` and `POST /v1/auth/token` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
+    /// The account's e-mail address.
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     password: String,
+}
+
+/// A new account.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Account {
+    /// The account's id.
+    id: String,
+    /// Its e-mail address.
+    email: String,
+}
+
+/// An access token.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Token {
+    /// A JWT (EdDSA) for `Authorization: Bearer`.
+    access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    token_type: String,
+    /// Seconds until it expires.
+    expires_in: i64,
+}
+
+/// An order accepted for processing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Accepted {
+    /// The order's id.
+    id: String,
+    /// `PENDING` when placed; the order's status when a cancellation was
+    /// requested.
+    status: String,
+    /// `requested` for a cancellation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation: Option<String>,
 }
 
 /// Asks the service behind `subject` (named `service` in errors).
@@ -54,6 +93,14 @@ where
 }
 
 /// `POST /v1/accounts` → 201 `{id, email}`.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account", body = Account,
+            headers(("Location" = String, description = "The account's URL"))),
+        (status = 409, description = "The e-mail address is taken", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn register(
     State(edge): Shared,
     Body(c): Body<Credentials>,
@@ -67,15 +114,22 @@ pub(crate) async fn register(
         return Err(refusal(&r.error_code, r.error));
     }
     let location = format!("/v1/accounts/{}", r.account_id);
-    let resp = (
-        StatusCode::CREATED,
-        Json(serde_json::json!({"id": r.account_id, "email": r.email})),
-    )
-        .into_response();
+    let account = Account {
+        id: r.account_id,
+        email: r.email,
+    };
+    let resp = (StatusCode::CREATED, Json(account)).into_response();
     Ok(with_header(resp, header::LOCATION, &location))
 }
 
 /// `POST /v1/auth/token` → 200 `{access_token, token_type, expires_in}`.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "An access token", body = Token),
+        (status = 401, description = "Wrong e-mail address or password", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn token(
     State(edge): Shared,
     Body(c): Body<Credentials>,
@@ -88,11 +142,11 @@ pub(crate) async fn token(
     if !r.ok {
         return Err(refusal(&r.error_code, r.error));
     }
-    Ok(Json(serde_json::json!({
-        "access_token": r.access_token,
-        "token_type": "Bearer",
-        "expires_in": r.expires_in,
-    }))
+    Ok(Json(Token {
+        access_token: r.access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: r.expires_in,
+    })
     .into_response())
 }
 
@@ -116,12 +170,26 @@ fn refusal(code: &str, detail: String) -> Problem {
 
 /// Pagination of a list: `limit` (1 to 100, default 20) and an opaque
 /// `cursor` from the previous page.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Page {
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Orders only: `PENDING`, `CONFIRMED` or `CANCELLED`.
     status: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Paged<T> {
+    /// The page's items.
+    items: Vec<T>,
+    /// The cursor of the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
 impl Page {
@@ -154,15 +222,25 @@ fn cursor(last: &str) -> String {
 }
 
 /// A product as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Product {
+    /// Its id.
     id: String,
+    /// Stock-keeping unit, unique.
     sku: String,
+    /// Its name.
     name: String,
+    /// Unit price in minor units.
     price_cents: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
     currency: String,
+    /// Units in stock.
     stock: i64,
+    /// Its images' URLs.
     images: Vec<String>,
+    /// When it last changed (RFC 3339).
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -192,9 +270,15 @@ impl From<products::Model> for Product {
 }
 
 /// `GET /v1/products`: the catalogue in id order.
+#[utoipa::path(get, path = "/v1/products", tag = "products",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of the catalogue, in id order", body = Paged<Product>),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn list_products(
     State(edge): Shared,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
 ) -> Result<Response, Problem> {
     let limit = page.limit()?;
     let mut q = products::Entity::find().order_by_asc(products::Column::Id);
@@ -211,7 +295,7 @@ fn paged<R, T: Serialize>(
     limit: u64,
     id: impl Fn(&R) -> String,
     shape: impl Fn(R) -> T,
-) -> serde_json::Value {
+) -> Paged<T> {
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next = if more {
@@ -219,25 +303,39 @@ fn paged<R, T: Serialize>(
     } else {
         None
     };
-    let items: Vec<T> = rows.into_iter().map(shape).collect();
-    serde_json::json!({"items": items, "next_cursor": next})
+    Paged {
+        items: rows.into_iter().map(shape).collect(),
+        next_cursor: next,
+    }
 }
 
 /// `POST /v1/products` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewProduct {
+    /// Stock-keeping unit, 1 to 64 characters, unique.
+    #[schema(min_length = 1, max_length = 64)]
     sku: String,
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    /// Unit price in minor units, not negative.
+    #[schema(minimum = 0)]
     price_cents: i64,
+    /// ISO 4217 code (three capital letters).
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// Units in stock, 0 to 10^12.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     stock: i64,
 }
 
 /// `POST /v1/products/{id}/stock` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StockDelta {
+    /// Units to add (positive) or remove (negative); not zero.
+    #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
     delta: i64,
 }
 
@@ -262,6 +360,15 @@ fn product_reply(r: ProductResult) -> Result<Product, Problem> {
 }
 
 /// `POST /v1/products` (API key with `catalog:write`) → 201 + Location.
+#[utoipa::path(post, path = "/v1/products", tag = "products",
+    request_body = NewProduct,
+    security(("api_key" = ["catalog:write"])),
+    responses(
+        (status = 201, description = "The product", body = Product,
+            headers(("Location" = String, description = "The product's URL"))),
+        (status = 409, description = "The sku is taken", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn create_product(
     State(edge): Shared,
     key: KeyHolder,
@@ -284,10 +391,19 @@ pub(crate) async fn create_product(
 }
 
 /// `POST /v1/products/{id}/stock` `{delta}` (API key with `catalog:write`).
+#[utoipa::path(post, path = "/v1/products/{id}/stock", tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    request_body = StockDelta,
+    security(("api_key" = ["catalog:write"])),
+    responses(
+        (status = 200, description = "The product with its new stock", body = Product),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn adjust_stock(
     State(edge): Shared,
     key: KeyHolder,
-    Path(id): Path<String>,
+    Segment(id): Segment<String>,
     Body(d): Body<StockDelta>,
 ) -> Result<Response, Problem> {
     key.require("catalog:write")?;
@@ -300,9 +416,16 @@ pub(crate) async fn adjust_stock(
 }
 
 /// `GET /v1/products/{id}`.
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn get_product(
     State(edge): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment<String>,
 ) -> Result<Response, Problem> {
     let p = products::Entity::find_by_id(id.clone())
         .one(&edge.db)
@@ -312,17 +435,29 @@ pub(crate) async fn get_product(
 }
 
 /// An order as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Order {
+    /// Its id.
     id: String,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    #[schema(example = "PENDING")]
     status: String,
+    /// The saga's finer step (`requested`, `placed`, `reserved`, …).
     step: String,
+    /// Its lines.
     items: Vec<Item>,
+    /// Sum of the lines in minor units (0 until priced).
     total_cents: i64,
+    /// ISO 4217 code (empty until priced).
     currency: String,
+    /// Why it was cancelled (only when `CANCELLED`).
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// When it was placed (RFC 3339).
+    #[schema(format = DateTime)]
     created_at: String,
+    /// When it last changed (RFC 3339).
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -343,18 +478,26 @@ impl From<orders::Model> for Order {
 }
 
 /// `POST /v1/orders` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewOrder {
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<NewItem>,
+    /// The payment provider's token for this order.
+    #[schema(min_length = 1)]
     payment_token: String,
 }
 
 /// One line of a new order.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewItem {
+    /// The product.
+    #[schema(min_length = 1)]
     product_id: String,
+    /// Units, 1 to 10000.
+    #[schema(minimum = 1, maximum = 10000)]
     quantity: i64,
 }
 
@@ -386,11 +529,12 @@ fn validate(o: &NewOrder) -> Result<(), Problem> {
 }
 
 fn accepted(id: &str) -> Response {
-    let r = (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"id": id, "status": sluice_orders::status::PENDING})),
-    )
-        .into_response();
+    let body = Accepted {
+        id: id.to_owned(),
+        status: sluice_orders::status::PENDING.to_owned(),
+        cancellation: None,
+    };
+    let r = (StatusCode::ACCEPTED, Json(body)).into_response();
     with_header(r, header::LOCATION, &format!("/v1/orders/{id}"))
 }
 
@@ -406,6 +550,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// 202 `{id, status: PENDING}` + Location. The pending row, the
 /// idempotency record and the `orders.cmd.place` command commit together;
 /// a repeated key with the same body answers the same, with another body 422.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = String, Header, description = "1 to 200 characters; a retry with the same key and body gets the first answer")),
+    request_body = NewOrder,
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 202, description = "Accepted: the order is PENDING", body = Accepted,
+            headers(("Location" = String, description = "The order's URL"))),
+        (status = 422, description = "The key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn place_order(
     State(edge): Shared,
     caller: Caller,
@@ -513,11 +667,25 @@ async fn own_order(edge: &Edge, caller: &Caller, id: &str) -> Result<orders::Mod
 
 /// `GET /v1/orders/{id}` (scope `orders:read`), with an ETag;
 /// `If-None-Match` with the current one → 304.
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(
+        ("id" = String, Path, description = "The order's id"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag this order had"),
+    ),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The order", body = Order,
+            headers(("ETag" = String, description = "The order's version"))),
+        (status = 304, description = "Unchanged since the ETag given",
+            headers(("ETag" = String, description = "The order's version"))),
+        (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn get_order(
     State(edge): Shared,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment<String>,
 ) -> Result<Response, Problem> {
     caller.require("orders:read")?;
     let o = own_order(&edge, &caller, &id).await?;
@@ -536,10 +704,17 @@ pub(crate) async fn get_order(
 
 /// `GET /v1/orders?status=&limit=&cursor=` (scope `orders:read`): the
 /// caller's orders, newest first.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+    params(Page),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "A page of the caller's orders, newest first", body = Paged<Order>),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn list_orders(
     State(edge): Shared,
     caller: Caller,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
 ) -> Result<Response, Problem> {
     caller.require("orders:read")?;
     let limit = page.limit()?;
@@ -570,10 +745,18 @@ pub(crate) async fn list_orders(
 
 /// `DELETE /v1/orders/{id}` (scope `orders:write`) → 202: cancellation
 /// requested (the saga cancels at its next step).
+#[utoipa::path(delete, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 202, description = "Cancellation requested; the order is cancelled at its next step", body = Accepted),
+        (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn cancel_order(
     State(edge): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    Segment(id): Segment<String>,
 ) -> Result<Response, Problem> {
     caller.require("orders:write")?;
     let o = own_order(&edge, &caller, &id).await?;
@@ -584,11 +767,37 @@ pub(crate) async fn cancel_order(
     };
     let m = edge.emitter.event(&edge.orders.cancel, &o.id, &cmd, None);
     edge.emitter.commit(txn, &[m]).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"id": o.id, "status": o.status, "cancellation": "requested"})),
-    )
-        .into_response())
+    let body = Accepted {
+        id: o.id,
+        status: o.status,
+        cancellation: Some("requested".to_owned()),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The data of an order's `status` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OrderStatus {
+    /// The order's id.
+    id: String,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    status: String,
+    /// The saga's finer step.
+    step: String,
+    /// Why it was cancelled; `null` unless `CANCELLED`.
+    reason: Option<String>,
+}
+
+/// One Server-Sent Event of an order's stream, as its fields.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatusEvent {
+    /// Always `status`.
+    #[schema(example = "status")]
+    event: String,
+    /// The read model's version of the order.
+    id: String,
+    /// An `OrderStatus` as JSON.
+    data: String,
 }
 
 /// How often an order's event stream looks at the read model.
@@ -598,10 +807,18 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// one `status` event with `{id, status, step, reason}` for the order as it
 /// is and then for each change of the read model, ending after `CONFIRMED`
 /// or `CANCELLED`.
+#[utoipa::path(get, path = "/v1/orders/{id}/events", tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "Server-Sent Events named `status`, each one's data an OrderStatus, until the order is CONFIRMED or CANCELLED", content_type = "text/event-stream", body = StatusEvent),
+        (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn order_events(
     State(edge): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    Segment(id): Segment<String>,
 ) -> Result<Response, Problem> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     caller.require("orders:read")?;
@@ -630,11 +847,11 @@ pub(crate) async fn order_events(
                 Ok(Some(o)) if o.version != w.seen => {
                     w.seen = o.version;
                     w.done = o.status != sluice_orders::status::PENDING;
-                    let data = serde_json::json!({
-                        "id": o.id,
-                        "status": o.status,
-                        "step": o.step,
-                        "reason": (o.status == sluice_orders::status::CANCELLED).then_some(&o.reason),
+                    let data = serde_json::json!(OrderStatus {
+                        reason: (o.status == sluice_orders::status::CANCELLED).then_some(o.reason),
+                        id: o.id,
+                        status: o.status,
+                        step: o.step,
                     });
                     let event = Event::default()
                         .event("status")

@@ -3,8 +3,9 @@
 //! oversized body 413.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::problem::Problem;
@@ -43,5 +44,51 @@ fn rejection(e: &JsonRejection) -> Problem {
             )
         }
         other => Problem::new(StatusCode::BAD_REQUEST, "invalid-body", other.body_text()),
+    }
+}
+
+/// `Query<T>` with problem+json rejections (400).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Path<T>` with problem+json rejections (400).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Segment<T>(pub(crate) T);
+
+impl<S, T> FromRequestParts<S> for Segment<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                e.body_text(),
+            )),
+        }
     }
 }

@@ -18,7 +18,8 @@
 //! - Every error is `application/problem+json`; unknown JSON fields are
 //!   400, bodies over 1 MiB 413; a client over its rate limit 429 with
 //!   `Retry-After`; a request not answered within its deadline 504.
-//! - `/healthz`, `/readyz`, `/metrics` as every service.
+//! - `/healthz`, `/readyz`, `/metrics` as every service; `/openapi.json`
+//!   (OpenAPI 3.1, generated from the handlers) and `/docs` (rendered).
 //! - Served over HTTP/1.1 and h2c, or HTTPS (h2 and HTTP/1.1) with a
 //!   certificate; gzip/br compression; `X-Request-Id` on every response and
 //!   in the request's trace span; CORS for configured origins
@@ -30,6 +31,7 @@ pub mod http;
 mod json;
 mod limit;
 pub mod migration;
+pub mod openapi;
 pub mod problem;
 mod project;
 pub mod tables;
@@ -337,6 +339,13 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
         )
         .route("/v1/orders/{id}/events", get(api::order_events))
         .fallback(|| async { Problem::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this resource does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(edge)
         .layer(middleware::from_fn_with_state(
@@ -349,7 +358,10 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
             limit::rate_limit,
         ));
     }
-    let mut app = api.merge(ops).layer(http::compression());
+    let mut app = api
+        .merge(ops)
+        .merge(openapi::router())
+        .layer(http::compression());
     if let Some(cors) = http::cors(&options.cors_origins) {
         app = app.layer(cors);
     }

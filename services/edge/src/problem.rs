@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// A problem the client is told about: a status, a short title and the
 /// detail of this occurrence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]

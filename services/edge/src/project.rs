@@ -20,7 +20,7 @@ use sluice_proto::shop::orders::v1::{
 use crate::tables::{api_keys, orders, products};
 
 /// One line of an order, as stored and as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Item {
     /// The product.
     pub(crate) product_id: String,

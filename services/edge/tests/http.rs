@@ -445,3 +445,37 @@ fn options_come_from_the_environment() {
         assert_eq!(e.name, name, "{e}");
     }
 }
+
+#[tokio::test]
+async fn the_description_and_its_page_are_served() {
+    let env = Env::start(|o| o).await;
+    let c = client();
+    let r = c.get(env.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let served: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(served, sluice_edge::openapi::spec());
+    assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
+
+    let r = c.get(env.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "content-type").unwrap().starts_with("text/html"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Sluice shop API") && page.contains("/v1/orders/{id}/events"));
+    // Self-contained: nothing is fetched from elsewhere.
+    assert!(!page.contains("<script") && !page.contains("https://cdn"));
+
+    // A method a route does not take: 405 problem with Allow.
+    let r = c.put(env.url("/v1/orders")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    let allow = header(&r, "allow").unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow:?}");
+    env.stop().await;
+}

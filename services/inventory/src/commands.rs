@@ -37,6 +37,10 @@ fn product(m: &products::Model) -> Product {
     }
 }
 
+/// Most units of a product (and the largest adjustment): far beyond any
+/// real stock, far from overflowing a 64-bit sum.
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
+
 fn validate(c: &CreateProduct) -> Result<(), String> {
     if c.sku.is_empty() || c.sku.len() > 64 {
         return Err("sku must have 1 to 64 characters".into());
@@ -50,8 +54,8 @@ fn validate(c: &CreateProduct) -> Result<(), String> {
     if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err("currency must be a three-letter ISO 4217 code (EUR)".into());
     }
-    if c.stock < 0 {
-        return Err("stock must not be negative".into());
+    if !(0..=MAX_STOCK).contains(&c.stock) {
+        return Err(format!("stock must be between 0 and {MAX_STOCK}"));
     }
     Ok(())
 }
@@ -131,8 +135,11 @@ pub(crate) async fn adjust_stock(
     request: Envelope,
     a: AdjustStock,
 ) -> Result<ProductResult, HandlerError> {
-    if a.delta == 0 {
-        return Ok(refused("invalid", "delta must not be zero"));
+    if a.delta == 0 || !(-MAX_STOCK..=MAX_STOCK).contains(&a.delta) {
+        return Ok(refused(
+            "invalid",
+            format!("delta must be between -{MAX_STOCK} and {MAX_STOCK}, and not zero"),
+        ));
     }
     let txn = inv.db.begin().await?;
     let changed = products::Entity::update_many()
@@ -143,6 +150,7 @@ pub(crate) async fn adjust_stock(
         .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
         .filter(products::Column::Id.eq(a.product_id.as_str()))
         .filter(products::Column::Stock.gte(a.delta.saturating_neg()))
+        .filter(products::Column::Stock.lte(MAX_STOCK - a.delta))
         .exec(&txn)
         .await?
         .rows_affected;
@@ -156,7 +164,7 @@ pub(crate) async fn adjust_stock(
         return Ok(refused(
             "invalid",
             format!(
-                "stock of {} would go below zero ({} left)",
+                "stock of {} would go out of 0 to {MAX_STOCK} ({} now)",
                 a.product_id, row.stock
             ),
         ));

@@ -13,6 +13,7 @@
 //! It owns its database (`products`, `reservations`, and the kit's tables).
 
 mod commands;
+pub use commands::MAX_STOCK;
 pub mod migration;
 mod stock;
 pub mod tables;

@@ -204,6 +204,21 @@ async fn product_commands_keep_skus_unique_and_stock_in_bounds(b: BrokerBackend,
         15,
         "a refused adjustment changes nothing"
     );
+    // Stock stays within 0..=MAX_STOCK: no overflow (SQLite would turn an
+    // overflowing sum into a REAL), no adjustment past the bound.
+    let huge = env.adjust(&p.product_id, i64::MAX).await;
+    assert_eq!(huge.error_code, "invalid", "{huge:?}");
+    let over = env.adjust(&p.product_id, sluice_inventory::MAX_STOCK).await;
+    assert_eq!(over.error_code, "invalid", "{over:?}");
+    let to_max = env
+        .adjust(&p.product_id, sluice_inventory::MAX_STOCK - 15)
+        .await;
+    assert_eq!(
+        to_max.product.as_ref().map(|p| p.stock),
+        Some(sluice_inventory::MAX_STOCK),
+        "{to_max:?}"
+    );
+    assert_eq!(env.stock(&p.product_id).await, sluice_inventory::MAX_STOCK);
     let missing = env.adjust("no-such-product", 1).await;
     assert_eq!(missing.error_code, "not_found", "{missing:?}");
     events.close().await;
