@@ -36,6 +36,8 @@ enum Command {
     BenchKit(bench::kit::KitBenchArgs),
     /// Measure orders through the whole shop (as `up` runs it) against bare broker hops.
     BenchShop(bench::shop::ShopBenchArgs),
+    /// Serve a bare axum handler: the baseline of the edge's HTTP benchmark (scripts/bench-edge.sh).
+    BenchHttpBaseline(bench::http::BaselineArgs),
     /// Publish events from JSON: one with --json, or one per line from --file or stdin (-).
     Publish(ops::publish::PublishArgs),
     /// Follow the events on a subject filter, decoded to JSON with their headers.
@@ -75,6 +77,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::BenchKit(args) => bench::kit::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::BenchShop(args) => bench::shop::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::BenchHttpBaseline(args) => {
+                bench::http::run(args).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::Publish(args) => ops::publish::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Tail(args) => ops::tail::run(args).await.map(|()| ExitCode::SUCCESS),
         }

@@ -220,6 +220,10 @@ impl Shop {
                     },
                     sluice_edge::EdgeOptions {
                         admin_key: Some(sluice_kit::Secret::new(ADMIN_KEY)),
+                        // Orders stay cached for an hour: every change a
+                        // test sees through the API was seen through the
+                        // cache's invalidation, not its expiry.
+                        cache_ttl: Duration::from_secs(3600),
                         ..sluice_edge::EdgeOptions::new("127.0.0.1:0".parse().unwrap())
                     },
                 )

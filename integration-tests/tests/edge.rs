@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sea_orm::EntityTrait;
+use serde_json::json;
 use sluice_integration_tests::{ADMIN_KEY, Response, Shop, Svc, WAIT};
 use sluice_kit::rpc::Requester;
 use sluice_kit::testing::{BrokerBackend, DbBackend};
@@ -551,8 +552,87 @@ async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d
     shop.cleanup().await;
 }
 
+async fn products_are_updated_and_deleted_with_an_api_key(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let admin = [("X-Api-Key", ADMIN_KEY)];
+    let mut ids = Vec::new();
+    for sku in ["upd-1", "upd-2"] {
+        let new = format!(
+            r#"{{"sku":"{sku}","name":"Cup","price_cents":500,"currency":"EUR","stock":4}}"#
+        );
+        let r = shop.http("POST", "/v1/products", &admin, Some(&new)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/v1/products/{}", ids[0]);
+    let data = r#"{"sku":"upd-1b","name":"Big cup","price_cents":750,"currency":"USD"}"#;
+    problem(&shop.http("PUT", &path, &[], Some(data)).await, 401);
+    let r = shop.http("PUT", &path, &admin, Some(data)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = r.json();
+    assert_eq!(
+        (
+            &p["sku"],
+            &p["name"],
+            &p["price_cents"],
+            &p["currency"],
+            &p["stock"]
+        ),
+        (
+            &json!("upd-1b"),
+            &json!("Big cup"),
+            &json!(750),
+            &json!("USD"),
+            &json!(4)
+        ),
+        "the stock is not touched by an update"
+    );
+    // The read model follows.
+    let erin = login(&shop, "erin@example.com").await;
+    until(&shop, &path, &erin, |p| {
+        p["name"] == "Big cup" && p["price_cents"] == 750
+    })
+    .await;
+    // Another product's sku, a product that does not exist, a stock field.
+    let taken = r#"{"sku":"upd-2","name":"Cup","price_cents":1,"currency":"EUR"}"#;
+    problem(&shop.http("PUT", &path, &admin, Some(taken)).await, 409);
+    problem(
+        &shop
+            .http("PUT", "/v1/products/nope", &admin, Some(data))
+            .await,
+        404,
+    );
+    let with_stock = r#"{"sku":"x","name":"Cup","price_cents":1,"currency":"EUR","stock":9}"#;
+    problem(
+        &shop.http("PUT", &path, &admin, Some(with_stock)).await,
+        400,
+    );
+
+    // Deleted: 204, then gone from the catalogue; deleting again is 404.
+    let r = shop.http("DELETE", &path, &admin, None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let started = Instant::now();
+    loop {
+        let r = shop
+            .http("GET", &path, &[("Authorization", erin.as_str())], None)
+            .await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "still listed: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    problem(&shop.http("DELETE", &path, &admin, None).await, 404);
+    // The other product is untouched.
+    let other = format!("/v1/products/{}", ids[1]);
+    let r = shop.http("GET", &other, &[], None).await;
+    assert_eq!((r.status, &r.json()["sku"]), (200, &json!("upd-2")));
+    shop.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
     catalogue_writes_need_an_api_key_with_catalog_write,
+    products_are_updated_and_deleted_with_an_api_key,
     an_order_flows_through_the_api,
     pages_visit_every_item_once_in_a_stable_order,
     bad_tokens_and_bodies_are_problems,

@@ -127,6 +127,16 @@ pub const FLOWS: &[Flow] = &[
         &["inventory"],
     ),
     request(
+        "inventory.cmd.update_product",
+        "shop.inventory.v1.ProductResult",
+        &["inventory"],
+    ),
+    request(
+        "inventory.cmd.delete_product",
+        "shop.inventory.v1.ProductResult",
+        &["inventory"],
+    ),
+    request(
         "inventory.cmd.adjust_stock",
         "shop.inventory.v1.ProductResult",
         &["inventory"],

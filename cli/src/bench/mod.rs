@@ -7,6 +7,7 @@
 //! size, publish window (`--batch` messages in flight, then wait for their
 //! acks) and consumer prefetch, a durable stream/queue, per-message acks.
 
+pub(crate) mod http;
 pub(crate) mod kit;
 mod raw_amqp;
 mod raw_nats;

@@ -77,6 +77,35 @@ pub async fn open(url: &str, pool_size: u32) -> Result<DatabaseConnection, DbErr
     Ok(db)
 }
 
+/// A pool for reads beside `db`. A SQLite file in WAL mode takes readers
+/// beside its one writer, so it gets `readers` read-only connections of
+/// its own (`query_only`, the same file and settings), and queries no
+/// longer queue behind the writer's one connection; they see every commit
+/// at once. Other databases (PostgreSQL's pool, a private in-memory SQLite)
+/// are shared as they are.
+///
+/// # Errors
+/// The read connections could not be opened.
+pub async fn readers(db: &DatabaseConnection, readers: u32) -> Result<DatabaseConnection, DbError> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(db.clone());
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename().to_string_lossy();
+    if file == ":memory:" || file.starts_with("file:sqlx-in-memory") {
+        return Ok(db.clone());
+    }
+    let options = (*options).clone().pragma("query_only", "true");
+    let pool = sea_orm::sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(readers.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|e| DbError::Connect(DbErr::Custom(format!("opening read connections: {e}"))))?;
+    Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
 /// Creates the folder of a SQLite file URL (`sqlite:data/x.db?mode=rwc`).
 fn ensure_folder(url: &str) -> Result<(), DbError> {
     let path = url

@@ -16,7 +16,9 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use sluice_kit::db::now_micros;
 use sluice_proto::shop::accounts::v1::{Login, LoginResult, Register, RegisterResult};
-use sluice_proto::shop::inventory::v1::{AdjustStock, CreateProduct, ProductResult};
+use sluice_proto::shop::inventory::v1::{
+    AdjustStock, CreateProduct, DeleteProduct, ProductResult, UpdateProduct,
+};
 use sluice_proto::shop::orders::v1::{CancelOrder, PlaceOrder, PlaceOrderLine};
 use utoipa::{IntoParams, ToSchema};
 
@@ -285,7 +287,7 @@ pub(crate) async fn list_products(
     if let Some(after) = page.after()? {
         q = q.filter(products::Column::Id.gt(after));
     }
-    let rows = q.limit(limit + 1).all(&edge.db).await?;
+    let rows = q.limit(limit + 1).all(&edge.reads).await?;
     Ok(Json(paged(rows, limit, |p| p.id.clone(), Product::from)).into_response())
 }
 
@@ -328,6 +330,25 @@ pub(crate) struct NewProduct {
     /// Units in stock, 0 to 10^12.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     stock: i64,
+}
+
+/// `PUT /v1/products/{id}` body: the catalogue data (stock changes only
+/// through `POST /v1/products/{id}/stock`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductData {
+    /// Stock-keeping unit, 1 to 64 characters, unique.
+    #[schema(min_length = 1, max_length = 64)]
+    sku: String,
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    name: String,
+    /// Unit price in minor units, not negative.
+    #[schema(minimum = 0)]
+    price_cents: i64,
+    /// ISO 4217 code (three capital letters).
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
+    currency: String,
 }
 
 /// `POST /v1/products/{id}/stock` body.
@@ -415,6 +436,59 @@ pub(crate) async fn adjust_stock(
     Ok(Json(product_reply(r)?).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/products/{id}", tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    request_body = ProductData,
+    security(("api_key" = ["catalog:write"])),
+    responses(
+        (status = 200, description = "The product as it now is", body = Product),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The sku is another product's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
+/// `PUT /v1/products/{id}` (API key with `catalog:write`): new catalogue
+/// data.
+pub(crate) async fn update_product(
+    State(edge): Shared,
+    key: KeyHolder,
+    Segment(id): Segment<String>,
+    Body(p): Body<ProductData>,
+) -> Result<Response, Problem> {
+    key.require("catalog:write")?;
+    let request = UpdateProduct {
+        product_id: id,
+        sku: p.sku,
+        name: p.name,
+        price_cents: p.price_cents,
+        currency: p.currency,
+    };
+    let r: ProductResult =
+        ask(&edge, "inventory", &edge.inventory.update_product, &request).await?;
+    Ok(Json(product_reply(r)?).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/products/{id}", tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    security(("api_key" = ["catalog:write"])),
+    responses(
+        (status = 204, description = "Deleted: new orders for it are rejected"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
+/// `DELETE /v1/products/{id}` (API key with `catalog:write`) → 204.
+pub(crate) async fn delete_product(
+    State(edge): Shared,
+    key: KeyHolder,
+    Segment(id): Segment<String>,
+) -> Result<Response, Problem> {
+    key.require("catalog:write")?;
+    let request = DeleteProduct { product_id: id };
+    let r: ProductResult =
+        ask(&edge, "inventory", &edge.inventory.delete_product, &request).await?;
+    product_reply(r)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// `GET /v1/products/{id}`.
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "products",
     params(("id" = String, Path, description = "The product's id")),
@@ -428,7 +502,7 @@ pub(crate) async fn get_product(
     Segment(id): Segment<String>,
 ) -> Result<Response, Problem> {
     let p = products::Entity::find_by_id(id.clone())
-        .one(&edge.db)
+        .one(&edge.reads)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
     Ok(Json(Product::from(p)).into_response())
@@ -461,19 +535,25 @@ pub(crate) struct Order {
     updated_at: String,
 }
 
-impl From<orders::Model> for Order {
-    fn from(o: orders::Model) -> Self {
+impl From<&orders::Model> for Order {
+    fn from(o: &orders::Model) -> Self {
         Self {
             items: serde_json::from_str(&o.items).unwrap_or_default(),
-            reason: (o.status == sluice_orders::status::CANCELLED).then_some(o.reason),
-            id: o.id,
-            status: o.status,
-            step: o.step,
+            reason: (o.status == sluice_orders::status::CANCELLED).then(|| o.reason.clone()),
+            id: o.id.clone(),
+            status: o.status.clone(),
+            step: o.step.clone(),
             total_cents: o.total_cents,
-            currency: o.currency,
+            currency: o.currency.clone(),
             created_at: rfc3339(o.created_at),
             updated_at: rfc3339(o.updated_at),
         }
+    }
+}
+
+impl From<orders::Model> for Order {
+    fn from(o: orders::Model) -> Self {
+        Self::from(&o)
     }
 }
 
@@ -657,16 +737,22 @@ pub(crate) async fn place_order(
 }
 
 /// The caller's order `id`, or 404 (also for another customer's order).
-async fn own_order(edge: &Edge, caller: &Caller, id: &str) -> Result<orders::Model, Problem> {
-    orders::Entity::find_by_id(id.to_owned())
-        .one(&edge.db)
-        .await?
+async fn own_order(edge: &Edge, caller: &Caller, id: &str) -> Result<Arc<orders::Model>, Problem> {
+    let order = match edge.orders_cache.get(id) {
+        Some(o) => Some(o),
+        None => {
+            let epoch = edge.orders_cache.epoch();
+            orders::Entity::find_by_id(id.to_owned())
+                .one(&edge.reads)
+                .await?
+                .map(|o| edge.orders_cache.keep(epoch, id, o))
+        }
+    };
+    order
         .filter(|o| o.customer_id == caller.id())
         .ok_or_else(|| Problem::not_found(format!("no order {id}")))
 }
 
-/// `GET /v1/orders/{id}` (scope `orders:read`), with an ETag;
-/// `If-None-Match` with the current one → 304.
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
     params(
         ("id" = String, Path, description = "The order's id"),
@@ -697,7 +783,7 @@ pub(crate) async fn get_order(
     let resp = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(Order::from(o)).into_response()
+        Json(Order::from(&*o)).into_response()
     };
     Ok(with_header(resp, header::ETAG, &etag))
 }
@@ -739,7 +825,7 @@ pub(crate) async fn list_orders(
     if let Some(after) = page.after()? {
         q = q.filter(orders::Column::Id.lt(after));
     }
-    let rows = q.limit(limit + 1).all(&edge.db).await?;
+    let rows = q.limit(limit + 1).all(&edge.reads).await?;
     Ok(Json(paged(rows, limit, |o| o.id.clone(), Order::from)).into_response())
 }
 
@@ -768,8 +854,8 @@ pub(crate) async fn cancel_order(
     let m = edge.emitter.event(&edge.orders.cancel, &o.id, &cmd, None);
     edge.emitter.commit(txn, &[m]).await?;
     let body = Accepted {
-        id: o.id,
-        status: o.status,
+        id: o.id.clone(),
+        status: o.status.clone(),
         cancellation: Some("requested".to_owned()),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -841,7 +927,7 @@ pub(crate) async fn order_events(
         }
         loop {
             let row = orders::Entity::find_by_id(w.id.clone())
-                .one(&w.edge.db)
+                .one(&w.edge.reads)
                 .await;
             match row {
                 Ok(Some(o)) if o.version != w.seen => {

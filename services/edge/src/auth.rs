@@ -2,6 +2,7 @@
 //! keys (fetched by request/reply, fetched again when a token names a key
 //! the edge does not know yet).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,26 @@ use tokio::sync::RwLock;
 use crate::Edge;
 use crate::problem::Problem;
 
-/// The accounts service's token keys, as the edge knows them.
+/// The accounts service's token keys, as the edge knows them, and the
+/// tokens they verified lately.
 pub(crate) struct Keys {
     requester: Requester,
     subject: String,
     verifier: RwLock<Option<(Verifier, Instant)>>,
+    /// Token text → its claims, so a client's every request does not pay
+    /// for parsing and an Ed25519 verification; an entry serves until its
+    /// `exp` (no leeway), and all go when the keys are fetched again.
+    verified: std::sync::Mutex<HashMap<Box<str>, Claims>>,
+}
+
+/// Most tokens remembered; past it the expired ones go, and if none had,
+/// all do.
+const VERIFIED_MAX: usize = 10_000;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How often an unknown key may make the edge ask for the keys again.
@@ -33,7 +49,29 @@ impl Keys {
             requester,
             subject,
             verifier: RwLock::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The claims of `token` if it was verified and has not expired.
+    fn remembered(&self, token: &str) -> Option<Claims> {
+        let verified = self.verified.lock().ok()?;
+        let claims = verified.get(token)?;
+        (unix_now() < claims.exp).then(|| claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let Ok(mut verified) = self.verified.lock() else {
+            return;
+        };
+        if verified.len() >= VERIFIED_MAX {
+            let now = unix_now();
+            verified.retain(|_, c| now < c.exp);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), claims.clone());
     }
 
     /// Asks the accounts service for its keys.
@@ -47,11 +85,24 @@ impl Keys {
             })?;
         let verifier = Verifier::from_jwks(keys.keys.iter()).map_err(Problem::internal)?;
         *self.verifier.write().await = Some((verifier, Instant::now()));
+        // A key taken out of the set no longer vouches for its tokens.
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.clear();
+        }
         Ok(())
     }
 
     /// The claims of `token`, or 401.
     pub(crate) async fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        if let Some(c) = self.remembered(token) {
+            return Ok(c);
+        }
+        let claims = self.verify_now(token).await?;
+        self.remember(token, &claims);
+        Ok(claims)
+    }
+
+    async fn verify_now(&self, token: &str) -> Result<Claims, Problem> {
         let stale = match &*self.verifier.read().await {
             None => true,
             Some((v, at)) => match v.verify(token) {
@@ -163,7 +214,7 @@ impl FromRequestParts<Arc<Edge>> for KeyHolder {
         let refused = || Problem::unauthorized("the API key is not valid");
         let (id, secret) = sluice_accounts::api_keys::parse_key(key).ok_or_else(refused)?;
         let row = crate::tables::api_keys::Entity::find_by_id(id.to_owned())
-            .one(&edge.db)
+            .one(&edge.reads)
             .await?
             .ok_or_else(refused)?;
         let hash = sluice_accounts::api_keys::secret_hash(secret);

@@ -5,7 +5,8 @@
 //! - `POST /v1/accounts`, `POST /v1/auth/token`: request/reply to accounts.
 //! - `GET /v1/products[/{id}]`: the catalogue with stock (projection
 //!   `edge-products` of the inventory's events), cursor-paginated;
-//!   `POST /v1/products` and `POST /v1/products/{id}/stock` with an API key
+//!   `POST /v1/products`, `PUT`/`DELETE /v1/products/{id}` and
+//!   `POST /v1/products/{id}/stock` with an API key
 //!   (`X-Api-Key`, scope `catalog:write`: the admin key or a key accounts
 //!   issued, projected as `edge-apikeys`), request/reply to inventory.
 //! - `POST /v1/orders` (Bearer token with `orders:write`, `Idempotency-Key`)
@@ -27,6 +28,7 @@
 
 mod api;
 mod auth;
+mod cache;
 pub mod http;
 mod json;
 mod limit;
@@ -69,6 +71,9 @@ pub const LISTEN: &str = "127.0.0.1:8080";
 /// `/metrics` unless `SLUICE_LISTEN` says otherwise.
 pub const OPS_LISTEN: &str = "127.0.0.1:9100";
 
+/// Read connections of a SQLite edge database (beside its one writer).
+pub const READERS: u32 = 4;
+
 /// Largest request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 
@@ -99,7 +104,18 @@ pub struct EdgeOptions {
     pub rate_limit: Option<RateLimit>,
     /// How long a request may take before it is answered 504.
     pub request_timeout: Duration,
+    /// How long an order read from the read model may be served from
+    /// memory (zero: always read the database).
+    pub cache_ttl: Duration,
 }
+
+/// The default [`EdgeOptions::cache_ttl`]: changes this edge projects drop
+/// their rows at once; the TTL bounds staleness from changes it does not
+/// see (another replica projecting into the same database).
+pub const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// Most orders kept in memory.
+const CACHED_ORDERS: usize = 100_000;
 
 /// The default request deadline: longer than a request/reply's own timeout
 /// (10 s), so a service that does not answer is reported as such.
@@ -128,6 +144,7 @@ impl EdgeOptions {
             cors_origins: Vec::new(),
             rate_limit: Some(RateLimit::DEFAULT),
             request_timeout: REQUEST_TIMEOUT,
+            cache_ttl: CACHE_TTL,
         }
     }
 
@@ -141,7 +158,9 @@ impl EdgeOptions {
     /// - `SLUICE_EDGE_RATE_LIMIT`: requests per second per client (`0`:
     ///   unlimited; default 100), `SLUICE_EDGE_RATE_BURST` (default twice
     ///   the rate);
-    /// - `SLUICE_EDGE_REQUEST_TIMEOUT`: seconds (default 15).
+    /// - `SLUICE_EDGE_REQUEST_TIMEOUT`: seconds (default 15);
+    /// - `SLUICE_EDGE_CACHE_TTL`: seconds an order may be served from
+    ///   memory (default 0.5; `0`: off).
     ///
     /// # Errors
     /// A setting does not parse, or only one TLS file is given.
@@ -203,6 +222,14 @@ impl EdgeOptions {
             limit.burst = std::num::NonZeroU32::new(burst)
                 .ok_or_else(|| bad("SLUICE_EDGE_RATE_BURST", burst.to_string(), "at least 1"))?;
         }
+        if let Some(v) = get("SLUICE_EDGE_CACHE_TTL") {
+            o.cache_ttl = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && (0.0..=3600.0).contains(s))
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| bad("SLUICE_EDGE_CACHE_TTL", v, "seconds, 0 to 3600"))?;
+        }
         if let Some(v) = get("SLUICE_EDGE_REQUEST_TIMEOUT") {
             o.request_timeout = v
                 .parse::<f64>()
@@ -218,6 +245,10 @@ impl EdgeOptions {
 /// What the handlers share.
 pub struct Edge {
     db: DatabaseConnection,
+    /// Connections for the API's reads ([`sluice_kit::db::readers`]).
+    reads: DatabaseConnection,
+    /// Orders by id, as `edge-orders` last committed them.
+    orders_cache: project::OrdersState,
     requester: Requester,
     emitter: Emitter,
     keys: auth::Keys,
@@ -242,6 +273,9 @@ pub enum StartError {
     /// A projection could not subscribe.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// The read connections could not be opened.
+    #[error(transparent)]
+    Readers(sluice_kit::db::DbError),
     /// The certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -309,9 +343,15 @@ fn api_keys_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
         .configured(config)
 }
 
-fn orders_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
+fn orders_projection(
+    s: &Subjects,
+    config: &KitConfig,
+    cache: project::OrdersState,
+) -> Projection<project::OrdersState> {
     let o = &s.orders;
-    Projection::new("edge-orders", ())
+    let settle = cache.clone();
+    Projection::new("edge-orders", cache)
+        .after_commit(move || settle.settle())
         .on(&o.order_placed, project::order_placed)
         .on(&o.order_confirmed, project::order_confirmed)
         .on(&o.order_cancelled, project::order_cancelled)
@@ -330,7 +370,12 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
             "/v1/products",
             get(api::list_products).post(api::create_product),
         )
-        .route("/v1/products/{id}", get(api::get_product))
+        .route(
+            "/v1/products/{id}",
+            get(api::get_product)
+                .put(api::update_product)
+                .delete(api::delete_product),
+        )
         .route("/v1/products/{id}/stock", post(api::adjust_stock))
         .route("/v1/orders", post(api::place_order).get(api::list_orders))
         .route(
@@ -405,19 +450,29 @@ pub async fn start_with_ops(
 ) -> Result<Running, StartError> {
     let listen = options.listen;
     let tls = options.tls.as_ref().map(http::tls_config).transpose()?;
+    let orders_cache = Arc::new(cache::RowCache::new(options.cache_ttl, CACHED_ORDERS));
     migration::Migrator::up(&db, None)
         .await
         .map_err(StartError::Migrate)?;
     let service = Service::new(NAME, broker.clone(), db.clone())
         .metrics(metrics.clone())
         .projection(products_projection(&subjects, config))
-        .projection(orders_projection(&subjects, config))
+        .projection(orders_projection(&subjects, config, orders_cache.clone()))
         .projection(api_keys_projection(&subjects, config))
         .start()
         .await?;
     let requester = Requester::new(broker.clone(), NAME, Duration::from_secs(10));
+    let reads = match sluice_kit::db::readers(&db, READERS).await {
+        Ok(r) => r,
+        Err(e) => {
+            service.stop().await;
+            return Err(StartError::Readers(e));
+        }
+    };
     let edge = Arc::new(Edge {
         db: db.clone(),
+        reads,
+        orders_cache,
         keys: auth::Keys::new(requester.clone(), subjects.accounts.public_key.clone()),
         requester,
         emitter: Emitter::new(NAME, service.relay_waker()),

@@ -149,13 +149,18 @@ pub(crate) async fn stock_released(
     add_lines(&ctx, &s.lines, 1).await
 }
 
+/// The orders projection's state: the cache of its rows, told what each
+/// transaction changes.
+pub(crate) type OrdersState = std::sync::Arc<crate::cache::RowCache<orders::Model>>;
+
 /// On `OrderPlaced`: the order, priced (created when the edge did not take
 /// it, e.g. during a rebuild).
 pub(crate) async fn order_placed(
-    ctx: ProjectionCtx<()>,
+    ctx: ProjectionCtx<OrdersState>,
     o: OrderPlaced,
 ) -> Result<(), HandlerError> {
     need_id(&o.order_id)?;
+    ctx.state().touch(&o.order_id);
     let items: Vec<Item> = o
         .lines
         .iter()
@@ -202,12 +207,13 @@ pub(crate) async fn order_placed(
 
 /// Moves an order to `status` (and `reason`, `step`).
 async fn set_status(
-    ctx: &ProjectionCtx<()>,
+    ctx: &ProjectionCtx<OrdersState>,
     id: &str,
     status: &str,
     step: &str,
     reason: Option<&str>,
 ) -> Result<u64, HandlerError> {
+    ctx.state().touch(id);
     let mut update = orders::Entity::update_many()
         .col_expr(orders::Column::Status, Expr::value(status))
         .col_expr(orders::Column::Step, Expr::value(step))
@@ -228,7 +234,7 @@ async fn set_status(
 
 /// On `OrderConfirmed`.
 pub(crate) async fn order_confirmed(
-    ctx: ProjectionCtx<()>,
+    ctx: ProjectionCtx<OrdersState>,
     o: OrderConfirmed,
 ) -> Result<(), HandlerError> {
     set_status(
@@ -245,7 +251,7 @@ pub(crate) async fn order_confirmed(
 /// On `OrderCancelled` (an order refused before it was placed has no row
 /// from `OrderPlaced` in a rebuild: it is created here).
 pub(crate) async fn order_cancelled(
-    ctx: ProjectionCtx<()>,
+    ctx: ProjectionCtx<OrdersState>,
     o: OrderCancelled,
 ) -> Result<(), HandlerError> {
     need_id(&o.order_id)?;
@@ -280,9 +286,10 @@ pub(crate) async fn order_cancelled(
 
 /// On `OrderCancellationRequested`: still pending, with the finer step.
 pub(crate) async fn cancellation_requested(
-    ctx: ProjectionCtx<()>,
+    ctx: ProjectionCtx<OrdersState>,
     o: OrderCancellationRequested,
 ) -> Result<(), HandlerError> {
+    ctx.state().touch(&o.order_id);
     orders::Entity::update_many()
         .col_expr(orders::Column::Step, Expr::value("cancellation_requested"))
         .col_expr(orders::Column::UpdatedAt, Expr::value(now_micros()))

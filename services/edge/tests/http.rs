@@ -394,6 +394,7 @@ fn options_come_from_the_environment() {
     assert_eq!(o.listen, listen);
     assert_eq!(o.rate_limit, Some(RateLimit::DEFAULT));
     assert_eq!(o.request_timeout, sluice_edge::REQUEST_TIMEOUT);
+    assert_eq!(o.cache_ttl, sluice_edge::CACHE_TTL);
     assert!(o.tls.is_none() && o.cors_origins.is_empty() && o.admin_key.is_none());
 
     let o = EdgeOptions::from_env(
@@ -409,6 +410,7 @@ fn options_come_from_the_environment() {
             ),
             ("SLUICE_EDGE_RATE_LIMIT", "50"),
             ("SLUICE_EDGE_REQUEST_TIMEOUT", "2.5"),
+            ("SLUICE_EDGE_CACHE_TTL", "0"),
         ]),
     )
     .unwrap();
@@ -419,6 +421,7 @@ fn options_come_from_the_environment() {
     let limit = o.rate_limit.unwrap();
     assert_eq!((limit.per_second.get(), limit.burst.get()), (50, 100));
     assert_eq!(o.request_timeout, Duration::from_millis(2500));
+    assert_eq!(o.cache_ttl, Duration::ZERO);
 
     let off = EdgeOptions::from_env(listen, vars(&[("SLUICE_EDGE_RATE_LIMIT", "0")])).unwrap();
     assert_eq!(off.rate_limit, None);

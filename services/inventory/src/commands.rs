@@ -1,5 +1,5 @@
-//! Product commands, answered by request/reply: create a product, adjust
-//! its stock. Each runs in one transaction with the event it emits; the
+//! Product commands, answered by request/reply: create, update and delete
+//! a product, adjust its stock. Each runs in one transaction with the event it emits; the
 //! reply says what the product now is, or why not (`invalid`, `not_found`,
 //! `conflict`).
 
@@ -11,7 +11,8 @@ use sluice_kit::HandlerError;
 use sluice_kit::db::now_micros;
 use sluice_proto::Envelope;
 use sluice_proto::shop::inventory::v1::{
-    AdjustStock, CreateProduct, Product, ProductCreated, ProductResult, StockAdjusted,
+    AdjustStock, CreateProduct, DeleteProduct, Product, ProductCreated, ProductDeleted,
+    ProductResult, ProductUpdated, StockAdjusted, UpdateProduct,
 };
 
 use crate::Inventory;
@@ -41,19 +42,25 @@ fn product(m: &products::Model) -> Product {
 /// real stock, far from overflowing a 64-bit sum.
 pub const MAX_STOCK: i64 = 1_000_000_000_000;
 
-fn validate(c: &CreateProduct) -> Result<(), String> {
-    if c.sku.is_empty() || c.sku.len() > 64 {
+/// Checks a product's catalogue data.
+fn validate_data(sku: &str, name: &str, price_cents: i64, currency: &str) -> Result<(), String> {
+    if sku.is_empty() || sku.chars().count() > 64 {
         return Err("sku must have 1 to 64 characters".into());
     }
-    if c.name.trim().is_empty() || c.name.len() > 200 {
+    if name.trim().is_empty() || name.chars().count() > 200 {
         return Err("name must have 1 to 200 characters".into());
     }
-    if c.price_cents < 0 {
+    if price_cents < 0 {
         return Err("price_cents must not be negative".into());
     }
-    if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err("currency must be a three-letter ISO 4217 code (EUR)".into());
     }
+    Ok(())
+}
+
+fn validate(c: &CreateProduct) -> Result<(), String> {
+    validate_data(&c.sku, &c.name, c.price_cents, &c.currency)?;
     if !(0..=MAX_STOCK).contains(&c.stock) {
         return Err(format!("stock must be between 0 and {MAX_STOCK}"));
     }
@@ -121,6 +128,116 @@ pub(crate) async fn create_product(
     let m = inv
         .emitter
         .event(&inv.subjects.product_created, &row.id, &event, correlation);
+    inv.emitter.commit(txn, &[m]).await?;
+    Ok(ProductResult {
+        ok: true,
+        product: Some(product(&row)),
+        ..ProductResult::default()
+    })
+}
+
+/// `inventory.cmd.update_product`: new catalogue data, the sku still
+/// unique; the stock is left as it is.
+pub(crate) async fn update_product(
+    inv: Arc<Inventory>,
+    request: Envelope,
+    u: UpdateProduct,
+) -> Result<ProductResult, HandlerError> {
+    if let Err(e) = validate_data(&u.sku, &u.name, u.price_cents, &u.currency) {
+        return Ok(refused("invalid", e));
+    }
+    let txn = inv.db.begin().await?;
+    let exists = products::Entity::find_by_id(u.product_id.clone())
+        .one(&txn)
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(refused("not_found", format!("no product {}", u.product_id)));
+    }
+    let taken = products::Entity::find()
+        .filter(products::Column::Sku.eq(u.sku.as_str()))
+        .filter(products::Column::Id.ne(u.product_id.as_str()))
+        .one(&txn)
+        .await?;
+    if taken.is_some() {
+        return Ok(refused("conflict", format!("sku {} already exists", u.sku)));
+    }
+    let changed = products::Entity::update_many()
+        .col_expr(products::Column::Sku, Expr::value(u.sku.clone()))
+        .col_expr(products::Column::Name, Expr::value(u.name.clone()))
+        .col_expr(products::Column::PriceCents, Expr::value(u.price_cents))
+        .col_expr(products::Column::Currency, Expr::value(u.currency.clone()))
+        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .filter(products::Column::Id.eq(u.product_id.as_str()))
+        .exec(&txn)
+        .await;
+    let changed = match changed {
+        Ok(r) => r.rows_affected,
+        Err(e) => {
+            // A concurrent write took the sku first (unique index).
+            let _ = txn.rollback().await;
+            return match products::Entity::find()
+                .filter(products::Column::Sku.eq(u.sku.as_str()))
+                .one(&inv.db)
+                .await?
+            {
+                Some(_) => Ok(refused("conflict", format!("sku {} already exists", u.sku))),
+                None => Err(e.into()),
+            };
+        }
+    };
+    if changed == 0 {
+        return Ok(refused("not_found", format!("no product {}", u.product_id)));
+    }
+    let Some(row) = products::Entity::find_by_id(u.product_id.clone())
+        .one(&txn)
+        .await?
+    else {
+        return Ok(refused("not_found", format!("no product {}", u.product_id)));
+    };
+    let event = ProductUpdated {
+        product_id: row.id.clone(),
+        sku: row.sku.clone(),
+        name: row.name.clone(),
+        price_cents: row.price_cents,
+        currency: row.currency.clone(),
+    };
+    let correlation = request.correlation_id.as_deref();
+    let m = inv
+        .emitter
+        .event(&inv.subjects.product_updated, &row.id, &event, correlation);
+    inv.emitter.commit(txn, &[m]).await?;
+    Ok(ProductResult {
+        ok: true,
+        product: Some(product(&row)),
+        ..ProductResult::default()
+    })
+}
+
+/// `inventory.cmd.delete_product`: the product leaves the catalogue (new
+/// orders for it are rejected; reservations already made stay as they are).
+pub(crate) async fn delete_product(
+    inv: Arc<Inventory>,
+    request: Envelope,
+    d: DeleteProduct,
+) -> Result<ProductResult, HandlerError> {
+    let txn = inv.db.begin().await?;
+    let Some(row) = products::Entity::find_by_id(d.product_id.clone())
+        .one(&txn)
+        .await?
+    else {
+        return Ok(refused("not_found", format!("no product {}", d.product_id)));
+    };
+    products::Entity::delete_by_id(row.id.clone())
+        .exec(&txn)
+        .await?;
+    let event = ProductDeleted {
+        product_id: row.id.clone(),
+    };
+    let correlation = request.correlation_id.as_deref();
+    let m = inv
+        .emitter
+        .event(&inv.subjects.product_deleted, &row.id, &event, correlation);
     inv.emitter.commit(txn, &[m]).await?;
     Ok(ProductResult {
         ok: true,

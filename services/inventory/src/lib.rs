@@ -1,8 +1,9 @@
 //! The reference shop's inventory service: products and their stock.
 //!
 //! - Commands (request/reply): `inventory.cmd.create_product`,
-//!   `inventory.cmd.adjust_stock` — answered with a `ProductResult`;
-//!   they emit `inventory.product.created` and `inventory.stock.adjusted`.
+//!   `update_product`, `delete_product` and `adjust_stock` — answered with
+//!   a `ProductResult`; they emit `inventory.product.created`, `.updated`,
+//!   `.deleted` and `inventory.stock.adjusted`.
 //! - Events: on `orders.order.placed` it reserves every line or none
 //!   (`inventory.stock.reserved` / `inventory.stock.rejected` with the
 //!   reason); on `orders.order.cancelled` it gives back what the order
@@ -26,6 +27,7 @@ use sea_orm_migration::MigratorTrait;
 use sluice_broker::Broker;
 use sluice_kit::outbox::Emitter;
 use sluice_kit::{ConsumerError, KitConfig, Metrics, Reactor, Service, Shutdown};
+use sluice_proto::shop::inventory::v1::ProductResult;
 
 /// The service's name: its consumer group and `ce-source` (`/sluice/inventory`).
 pub const NAME: &str = "inventory";
@@ -40,10 +42,18 @@ pub struct Subjects {
     pub order_cancelled: String,
     /// `inventory.cmd.create_product`.
     pub create_product: String,
+    /// `inventory.cmd.update_product`.
+    pub update_product: String,
+    /// `inventory.cmd.delete_product`.
+    pub delete_product: String,
     /// `inventory.cmd.adjust_stock`.
     pub adjust_stock: String,
     /// `inventory.product.created`.
     pub product_created: String,
+    /// `inventory.product.updated`.
+    pub product_updated: String,
+    /// `inventory.product.deleted`.
+    pub product_deleted: String,
     /// `inventory.stock.adjusted`.
     pub stock_adjusted: String,
     /// `inventory.stock.reserved`.
@@ -61,8 +71,12 @@ impl Subjects {
             order_placed: format!("{orders}.order.placed"),
             order_cancelled: format!("{orders}.order.cancelled"),
             create_product: format!("{inventory}.cmd.create_product"),
+            update_product: format!("{inventory}.cmd.update_product"),
+            delete_product: format!("{inventory}.cmd.delete_product"),
             adjust_stock: format!("{inventory}.cmd.adjust_stock"),
             product_created: format!("{inventory}.product.created"),
+            product_updated: format!("{inventory}.product.updated"),
+            product_deleted: format!("{inventory}.product.deleted"),
             stock_adjusted: format!("{inventory}.stock.adjusted"),
             stock_reserved: format!("{inventory}.stock.reserved"),
             stock_rejected: format!("{inventory}.stock.rejected"),
@@ -146,27 +160,41 @@ pub async fn start(
     });
     let shutdown = Shutdown::new();
     let mut commands = Vec::new();
-    let create = sluice_kit::rpc::serve(
-        broker.clone(),
-        NAME,
-        &subjects.create_product,
-        NAME,
-        inventory.clone(),
-        commands::create_product,
-        shutdown.listener(),
-    )
-    .await;
-    let adjust = sluice_kit::rpc::serve(
-        broker,
-        NAME,
-        &subjects.adjust_stock,
-        NAME,
-        inventory,
-        commands::adjust_stock,
-        shutdown.listener(),
-    )
-    .await;
-    for r in [create, adjust] {
+    let served = [
+        serve(
+            &broker,
+            &subjects.create_product,
+            &inventory,
+            commands::create_product,
+            &shutdown,
+        )
+        .await,
+        serve(
+            &broker,
+            &subjects.update_product,
+            &inventory,
+            commands::update_product,
+            &shutdown,
+        )
+        .await,
+        serve(
+            &broker,
+            &subjects.delete_product,
+            &inventory,
+            commands::delete_product,
+            &shutdown,
+        )
+        .await,
+        serve(
+            &broker,
+            &subjects.adjust_stock,
+            &inventory,
+            commands::adjust_stock,
+            &shutdown,
+        )
+        .await,
+    ];
+    for r in served {
         match r {
             Ok(task) => commands.push(task),
             Err(e) => {
@@ -177,6 +205,33 @@ pub async fn start(
         }
     }
     Ok(Running::new(service, shutdown, commands))
+}
+
+/// Serves one product command on `subject` (consumer group: the service).
+async fn serve<Req, F, Fut>(
+    broker: &Arc<dyn Broker>,
+    subject: &str,
+    inventory: &Arc<Inventory>,
+    handler: F,
+    shutdown: &Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, sluice_broker::BrokerError>
+where
+    Req: prost::Message + prost::Name + Default + 'static,
+    F: Fn(Arc<Inventory>, sluice_proto::Envelope, Req) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ProductResult, sluice_kit::HandlerError>>
+        + Send
+        + 'static,
+{
+    sluice_kit::rpc::serve(
+        broker.clone(),
+        NAME,
+        subject,
+        NAME,
+        inventory.clone(),
+        handler,
+        shutdown.listener(),
+    )
+    .await
 }
 
 /// How long a command may take before the caller gives up (for requesters).

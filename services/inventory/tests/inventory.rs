@@ -17,7 +17,9 @@ use sluice_kit::rpc::Requester;
 use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
 use sluice_kit::{KitConfig, Metrics};
 use sluice_proto::Envelope;
-use sluice_proto::shop::inventory::v1::{AdjustStock, CreateProduct, ProductResult};
+use sluice_proto::shop::inventory::v1::{
+    AdjustStock, CreateProduct, DeleteProduct, ProductResult, UpdateProduct,
+};
 use sluice_proto::shop::orders::v1::{OrderCancelled, OrderLine, OrderPlaced};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -221,6 +223,81 @@ async fn product_commands_keep_skus_unique_and_stock_in_bounds(b: BrokerBackend,
     assert_eq!(env.stock(&p.product_id).await, sluice_inventory::MAX_STOCK);
     let missing = env.adjust("no-such-product", 1).await;
     assert_eq!(missing.error_code, "not_found", "{missing:?}");
+
+    // Update: new catalogue data, the stock untouched, the sku unique.
+    let other = env.create("sku-3", 1).await.product.unwrap();
+    let update = |sku: &str, id: &str| UpdateProduct {
+        product_id: id.into(),
+        sku: sku.into(),
+        name: "Renamed".into(),
+        price_cents: 999,
+        currency: "USD".into(),
+    };
+    let (requester, subject) = (&env.requester, &env.subjects.update_product);
+    let ask = |u: UpdateProduct| async move {
+        requester
+            .request::<_, ProductResult>(subject, &u, None)
+            .await
+            .unwrap()
+    };
+    let updated = ask(update("sku-1b", &p.product_id)).await;
+    let q = updated.product.clone().unwrap();
+    assert_eq!(
+        (
+            q.sku.as_str(),
+            q.name.as_str(),
+            q.price_cents,
+            q.currency.as_str(),
+            q.stock
+        ),
+        ("sku-1b", "Renamed", 999, "USD", sluice_inventory::MAX_STOCK),
+        "{updated:?}"
+    );
+    let taken = ask(update("sku-3", &p.product_id)).await;
+    assert_eq!(taken.error_code, "conflict", "{taken:?}");
+    let nowhere = ask(update("sku-9", "no-such-product")).await;
+    assert_eq!(nowhere.error_code, "not_found", "{nowhere:?}");
+    let invalid = ask(update("", &p.product_id)).await;
+    assert_eq!(invalid.error_code, "invalid", "{invalid:?}");
+
+    // Delete: gone, and once only.
+    let delete = DeleteProduct {
+        product_id: other.product_id.clone(),
+    };
+    let gone: ProductResult = env
+        .requester
+        .request(&env.subjects.delete_product, &delete, None)
+        .await
+        .unwrap();
+    assert!(gone.ok, "{gone:?}");
+    let again: ProductResult = env
+        .requester
+        .request(&env.subjects.delete_product, &delete, None)
+        .await
+        .unwrap();
+    assert_eq!(again.error_code, "not_found", "{again:?}");
+    assert!(
+        products::Entity::find_by_id(other.product_id.clone())
+            .one(&env.tdb.db)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Their events, in order after the adjustments.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let m = next(&mut events).await;
+        seen.push(type_of(&m).to_owned());
+    }
+    assert_eq!(
+        seen,
+        [
+            "shop.inventory.v1.StockAdjusted",
+            "shop.inventory.v1.ProductCreated",
+            "shop.inventory.v1.ProductUpdated",
+            "shop.inventory.v1.ProductDeleted"
+        ]
+    );
     events.close().await;
     env.cleanup().await;
 }
