@@ -47,6 +47,8 @@ pub(crate) struct Platform {
     pub(crate) mail: String,
     /// Where product images are kept (a folder, or an S3 bucket).
     pub(crate) images: String,
+    /// The store itself, for the edge's uploads.
+    pub(crate) image_store: Option<sluice_media::ImageStore>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -76,6 +78,7 @@ impl Platform {
             data_dir: data_dir.to_owned(),
             mail: String::new(),
             images: String::new(),
+            image_store: None,
         };
         for name in SERVICES {
             if let Err(e) = platform.start_one(name, &broker, config, metrics).await {
@@ -167,6 +170,7 @@ impl Platform {
                     {
                         let (store, place) = media_store(&self.data_dir)?;
                         self.images = place;
+                        self.image_store = Some(store.clone());
                         store
                     },
                 )

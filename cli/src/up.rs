@@ -67,6 +67,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let options = match sluice_edge::EdgeOptions::from_env(args.listen, std::env::vars()) {
         Ok(o) => sluice_edge::EdgeOptions {
             admin_key: Some(admin_key),
+            images: platform.image_store.clone(),
             ..o
         },
         Err(e) => {

@@ -130,12 +130,16 @@ impl Contract {
             .and_then(|c| c.split(';').next())
             .map(str::trim)
             .unwrap_or_else(|| panic!("{method} {tpl} {status}: no Content-Type"));
-        let described = content.get(media).unwrap_or_else(|| {
-            panic!(
-                "{method} {tpl} {status}: Content-Type {media} is not one of {:?}",
-                content.keys().collect::<Vec<_>>()
-            )
-        });
+        let wildcard = media.split('/').next().map(|t| format!("{t}/*"));
+        let described = content
+            .get(media)
+            .or_else(|| wildcard.and_then(|w| content.get(&w)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{method} {tpl} {status}: Content-Type {media} is not one of {:?}",
+                    content.keys().collect::<Vec<_>>()
+                )
+            });
         if !media.ends_with("json") {
             return;
         }

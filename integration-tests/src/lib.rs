@@ -40,17 +40,20 @@ pub enum Svc {
     Orders,
     /// E-mails about orders.
     Notifications,
+    /// Product images' thumbnails.
+    Media,
     /// The REST edge.
     Edge,
 }
 
 /// Every service, in start order.
-pub const SERVICES: [Svc; 6] = [
+pub const SERVICES: [Svc; 7] = [
     Svc::Accounts,
     Svc::Inventory,
     Svc::Payments,
     Svc::Orders,
     Svc::Notifications,
+    Svc::Media,
     Svc::Edge,
 ];
 
@@ -65,6 +68,8 @@ pub struct ShopSubjects {
     pub payments: sluice_payments::Subjects,
     /// The accounts service's.
     pub accounts: sluice_accounts::Subjects,
+    /// The media service's.
+    pub media: sluice_media::Subjects,
     /// The notifications service's.
     pub notifications: sluice_notifications::Subjects,
     /// The domains, to clean up and to watch dead letters.
@@ -107,6 +112,7 @@ pub struct Shop {
     config: KitConfig,
     requester: Requester,
     mailbox: tempfile::TempDir,
+    images: tempfile::TempDir,
     contract: contract::Contract,
 }
 
@@ -129,6 +135,7 @@ fn test_config() -> KitConfig {
         sluice_inventory::NAME,
         sluice_notifications::NAME,
         sluice_notifications::ADDRESSES,
+        sluice_media::NAME,
         "edge-products",
         "edge-orders",
         "edge-apikeys",
@@ -155,6 +162,7 @@ impl Shop {
         let payments_domain = format!("{}p", tb.domain);
         let accounts_domain = format!("{}a", tb.domain);
         let notifications_domain = format!("{}n", tb.domain);
+        let media_domain = format!("{}m", tb.domain);
         let subjects = ShopSubjects {
             orders: sluice_orders::Subjects::new(
                 &orders_domain,
@@ -164,6 +172,7 @@ impl Shop {
             inventory: sluice_inventory::Subjects::new(&orders_domain, &inventory_domain),
             payments: sluice_payments::Subjects::new(&payments_domain),
             accounts: sluice_accounts::Subjects::new(&accounts_domain),
+            media: sluice_media::Subjects::new(&media_domain),
             notifications: sluice_notifications::Subjects::new(
                 &orders_domain,
                 &accounts_domain,
@@ -175,6 +184,7 @@ impl Shop {
                 payments_domain,
                 accounts_domain,
                 notifications_domain,
+                media_domain,
             ],
         };
         let mut dbs = BTreeMap::new();
@@ -190,6 +200,7 @@ impl Shop {
             config: test_config(),
             requester,
             mailbox: tempfile::tempdir().unwrap(),
+            images: tempfile::tempdir().unwrap(),
             contract: contract::Contract::new(sluice_edge::openapi::spec()),
         };
         for svc in SERVICES {
@@ -217,8 +228,10 @@ impl Shop {
                         accounts: self.subjects.accounts.clone(),
                         orders: self.subjects.orders.clone(),
                         inventory: self.subjects.inventory.clone(),
+                        media: self.subjects.media.clone(),
                     },
                     sluice_edge::EdgeOptions {
+                        images: Some(self.image_store()),
                         admin_key: Some(sluice_kit::Secret::new(ADMIN_KEY)),
                         // Orders stay cached for an hour: every change a
                         // test sees through the API was seen through the
@@ -270,6 +283,18 @@ impl Shop {
                 .await
                 .unwrap(),
             ),
+            Svc::Media => Running::Service(
+                sluice_media::start(
+                    broker,
+                    db,
+                    &self.config,
+                    Metrics::new(),
+                    self.subjects.media.clone(),
+                    self.image_store(),
+                )
+                .await
+                .unwrap(),
+            ),
             Svc::Payments => Running::Service(
                 sluice_payments::start(
                     broker,
@@ -308,6 +333,11 @@ impl Shop {
         self.launch(svc, true).await;
     }
 
+    /// The media store the media service and the edge share (a folder).
+    pub fn image_store(&self) -> sluice_media::ImageStore {
+        sluice_media::ImageStore::local(self.images.path()).unwrap()
+    }
+
     /// Where the edge serves its API.
     pub fn edge(&self) -> std::net::SocketAddr {
         match self.running.get(&Svc::Edge) {
@@ -334,6 +364,67 @@ impl Shop {
         self.contract
             .check(method, path, r.status, r.header("content-type"), &r.body);
         r
+    }
+
+    /// `method path` on the edge with a binary `body` (e.g. multipart): the
+    /// status, the headers (lower-case names) and the body's bytes; the
+    /// response is checked against the edge's OpenAPI description.
+    pub async fn http_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        use std::io::{Read, Write};
+        let addr = self.edge();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let raw = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut out = request.into_bytes();
+            out.extend_from_slice(&body);
+            // The server may answer (413) before reading everything.
+            let _ = s.write_all(&out);
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw);
+            raw
+        })
+        .await
+        .unwrap();
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(&raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw[split + 4..].to_vec();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let content_type = headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.as_str());
+        let text = if content_type.is_some_and(|c| c.contains("json")) {
+            String::from_utf8_lossy(&body).into_owned()
+        } else {
+            String::new()
+        };
+        self.contract
+            .check(method, path, status, content_type, &text);
+        (status, headers, body)
     }
 
     /// `GET path` on the edge in the background, read until the server

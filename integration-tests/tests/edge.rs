@@ -630,7 +630,122 @@ async fn products_are_updated_and_deleted_with_an_api_key(b: BrokerBackend, d: D
     shop.cleanup().await;
 }
 
+/// A `width`×`height` opaque PNG.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A multipart form with one file part `name` of `content_type`.
+fn form(name: &str, content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "sluice-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"f\"\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn images_are_uploaded_listed_and_thumbnailed(b: BrokerBackend, d: DbBackend) {
+    let shop = Shop::start(b, d).await;
+    let admin = [("X-Api-Key", ADMIN_KEY)];
+    let new = r#"{"sku":"img-1","name":"Lamp","price_cents":4200,"currency":"EUR","stock":2}"#;
+    let r = shop.http("POST", "/v1/products", &admin, Some(new)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/products/{id}/images");
+    let picture = png(640, 480);
+    let (ct, body) = form("image", "image/png", &picture);
+
+    // No key, an unknown product, not an image, too large: refused.
+    let (status, _, _) = shop
+        .http_bytes("POST", &path, &[("Content-Type", &ct)], body.clone())
+        .await;
+    assert_eq!(status, 401);
+    let keyed = [("X-Api-Key", ADMIN_KEY), ("Content-Type", ct.as_str())];
+    let (status, _, _) = shop
+        .http_bytes("POST", "/v1/products/nope/images", &keyed, body.clone())
+        .await;
+    assert_eq!(status, 404);
+    let (text_ct, text) = form("image", "image/png", b"not a picture at all");
+    let (status, _, _) = shop
+        .http_bytes(
+            "POST",
+            &path,
+            &[("X-Api-Key", ADMIN_KEY), ("Content-Type", &text_ct)],
+            text,
+        )
+        .await;
+    assert_eq!(status, 415);
+    let (big_ct, big) = form("image", "image/png", &vec![0_u8; 11 << 20]);
+    let (status, _, _) = shop
+        .http_bytes(
+            "POST",
+            &path,
+            &[("X-Api-Key", ADMIN_KEY), ("Content-Type", &big_ct)],
+            big,
+        )
+        .await;
+    assert_eq!(status, 413);
+
+    // Stored: 201 with the image, then listed with the product.
+    let (status, headers, answer) = shop.http_bytes("POST", &path, &keyed, body).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let image: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (&image["width"], &image["height"], &image["content_type"]),
+        (&json!(640), &json!(480), &json!("image/png"))
+    );
+    let url = image["url"].as_str().unwrap().to_owned();
+    assert_eq!(header(&headers, "location"), Some(url.as_str()));
+    let erin = login(&shop, "erin@example.com").await;
+    until(&shop, &format!("/v1/products/{id}"), &erin, |p| {
+        p["images"] == json!([url])
+    })
+    .await;
+
+    // The original as uploaded; the thumbnails once the media service made them.
+    let (status, headers, bytes) = shop.http_bytes("GET", &url, &[], Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, picture);
+    assert_eq!(header(&headers, "content-type"), Some("image/png"));
+    assert!(header(&headers, "cache-control").is_some_and(|c| c.contains("immutable")));
+    let small = format!("{url}?size=small");
+    let started = Instant::now();
+    let thumb = loop {
+        let (status, headers, bytes) = shop.http_bytes("GET", &small, &[], Vec::new()).await;
+        if status == 200 {
+            break (header(&headers, "content-type").map(str::to_owned), bytes);
+        }
+        assert_eq!(status, 404, "{}", String::from_utf8_lossy(&bytes));
+        assert!(started.elapsed() < WAIT, "no small thumbnail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(thumb.0.as_deref(), Some("image/jpeg"));
+    let decoded = image::load_from_memory(&thumb.1).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (128, 96));
+    let (status, _, _) = shop
+        .http_bytes("GET", &format!("{url}?size=huge"), &[], Vec::new())
+        .await;
+    assert_eq!(status, 400);
+    shop.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
+    images_are_uploaded_listed_and_thumbnailed,
     catalogue_writes_need_an_api_key_with_catalog_write,
     products_are_updated_and_deleted_with_an_api_key,
     an_order_flows_through_the_api,

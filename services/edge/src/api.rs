@@ -26,8 +26,9 @@ use crate::Edge;
 use crate::auth::{Caller, KeyHolder};
 use crate::json::{Body, Params, Segment};
 use crate::problem::Problem;
+use crate::project;
 use crate::project::Item;
-use crate::tables::{idempotency, orders, products};
+use crate::tables::{idempotency, orders, product_images, products};
 
 type Shared = State<Arc<Edge>>;
 
@@ -288,7 +289,33 @@ pub(crate) async fn list_products(
         q = q.filter(products::Column::Id.gt(after));
     }
     let rows = q.limit(limit + 1).all(&edge.reads).await?;
-    Ok(Json(paged(rows, limit, |p| p.id.clone(), Product::from)).into_response())
+    let mut page = paged(rows, limit, |p| p.id.clone(), Product::from);
+    with_images(&edge, &mut page.items).await?;
+    Ok(Json(page).into_response())
+}
+
+/// The URL of an image of a product.
+fn image_url(product_id: &str, image_id: &str) -> String {
+    format!("/v1/products/{product_id}/images/{image_id}")
+}
+
+/// Fills in the products' images (not rejected ones, oldest first).
+async fn with_images(edge: &Edge, products: &mut [Product]) -> Result<(), Problem> {
+    if products.is_empty() {
+        return Ok(());
+    }
+    let rows = product_images::Entity::find()
+        .filter(product_images::Column::ProductId.is_in(products.iter().map(|p| p.id.clone())))
+        .filter(product_images::Column::Status.ne(project::REJECTED))
+        .order_by_asc(product_images::Column::ImageId)
+        .all(&edge.reads)
+        .await?;
+    for row in rows {
+        if let Some(p) = products.iter_mut().find(|p| p.id == row.product_id) {
+            p.images.push(image_url(&row.product_id, &row.image_id));
+        }
+    }
+    Ok(())
 }
 
 /// `{items, next_cursor}` from `limit + 1` rows.
@@ -505,7 +532,222 @@ pub(crate) async fn get_product(
         .one(&edge.reads)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
-    Ok(Json(Product::from(p)).into_response())
+    let mut p = Product::from(p);
+    with_images(&edge, std::slice::from_mut(&mut p)).await?;
+    Ok(Json(p).into_response())
+}
+
+/// `POST /v1/products/{id}/images` answer: the image accepted, its
+/// thumbnails on their way.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Image {
+    /// The image's id.
+    id: String,
+    /// Where it is served (`?size=small|medium` for a thumbnail once
+    /// ready).
+    url: String,
+    /// `image/png`, `image/jpeg` or `image/webp`.
+    content_type: String,
+    /// Width in pixels.
+    width: u32,
+    /// Height in pixels.
+    height: u32,
+    /// Bytes of the original.
+    size_bytes: u64,
+    /// `processing` until its thumbnails are made.
+    status: String,
+}
+
+/// The multipart form of an upload (for the description).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ImageUpload {
+    /// The image file: PNG, JPEG or WebP, at most 10 MiB and 8000×8000
+    /// pixels, with its content type.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+}
+
+/// A media store refusal or failure, as a problem.
+fn media_problem(e: sluice_media::MediaError) -> Problem {
+    use sluice_media::MediaError as M;
+    match e {
+        M::TooManyBytes { .. } => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
+        }
+        M::NotAnImage | M::UnsupportedFormat(_) | M::ContentTypeMismatch { .. } => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            e.to_string(),
+        ),
+        M::InvalidProductId(_)
+        | M::TooLargeDimensions { .. }
+        | M::TooMuchMemory { .. }
+        | M::Unreadable(_) => Problem::new(StatusCode::BAD_REQUEST, "invalid-image", e.to_string()),
+        M::NotFound(_) => Problem::not_found("no such image"),
+        M::Store { .. } | M::Config(_) => {
+            tracing::error!(error = %e, "media store failed");
+            Problem::unavailable("the media store is not available")
+        }
+        M::Db(e) => Problem::internal(e),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/images", tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    request_body(content = ImageUpload, content_type = "multipart/form-data"),
+    security(("api_key" = ["catalog:write"])),
+    responses(
+        (status = 201, description = "Stored; thumbnails follow", body = Image,
+            headers(("Location" = String, description = "The image's URL"))),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over 10 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a PNG, JPEG or WebP image", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
+/// `POST /v1/products/{id}/images` (API key with `catalog:write`),
+/// multipart with one file part `image`: the original is validated and
+/// stored, and `media.image.uploaded` is emitted through the outbox in the
+/// same step; the media service makes the thumbnails.
+pub(crate) async fn upload_image(
+    State(edge): Shared,
+    key: KeyHolder,
+    Segment(id): Segment<String>,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, Problem> {
+    key.require("catalog:write")?;
+    let mut form = form.map_err(|e| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "the body must be multipart/form-data with an image part: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let store = edge
+        .images
+        .as_ref()
+        .ok_or_else(|| Problem::unavailable("image uploads are not configured"))?;
+    products::Entity::find_by_id(id.clone())
+        .one(&edge.reads)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    let part_problem = |e: axum::extract::multipart::MultipartError| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too-large"
+        } else {
+            "invalid-body"
+        };
+        Problem::new(status, code, e.body_text())
+    };
+    let (bytes, content_type) = loop {
+        let Some(field) = form.next_field().await.map_err(part_problem)? else {
+            return Err(Problem::bad_request("the form has no part named image"));
+        };
+        if field.name() != Some("image") {
+            continue;
+        }
+        let content_type = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        break (field.bytes().await.map_err(part_problem)?, content_type);
+    };
+    let txn = edge.db.begin().await?;
+    let stored = store
+        .upload(
+            &edge.emitter,
+            txn,
+            &edge.media,
+            &id,
+            bytes,
+            &content_type,
+            None,
+        )
+        .await
+        .map_err(media_problem)?;
+    let url = image_url(&id, &stored.image_id);
+    let image = Image {
+        id: stored.image_id,
+        url: url.clone(),
+        content_type: stored.content_type.to_owned(),
+        width: stored.width,
+        height: stored.height,
+        size_bytes: stored.size_bytes,
+        status: project::PROCESSING.to_owned(),
+    };
+    let resp = (StatusCode::CREATED, Json(image)).into_response();
+    Ok(with_header(resp, header::LOCATION, &url))
+}
+
+/// `GET /v1/products/{id}/images/{image_id}` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImageSize {
+    /// `original` (default), `medium` (fits 512×512) or `small` (fits
+    /// 128×128).
+    size: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/products/{id}/images/{image_id}", tag = "products",
+    params(
+        ("id" = String, Path, description = "The product's id"),
+        ("image_id" = String, Path, description = "The image's id"),
+        ImageSize,
+    ),
+    responses(
+        (status = 200, description = "The image's bytes", content_type = "image/*", body = Vec<u8>),
+        (status = 404, description = "No such image, or no such thumbnail yet", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
+    ))]
+/// `GET /v1/products/{id}/images/{image_id}[?size=small|medium]`: the
+/// original or a thumbnail, cacheable for good (an image never changes).
+pub(crate) async fn get_image(
+    State(edge): Shared,
+    Segment((id, image_id)): Segment<(String, String)>,
+    Params(q): Params<ImageSize>,
+) -> Result<Response, Problem> {
+    let store = edge
+        .images
+        .as_ref()
+        .ok_or_else(|| Problem::unavailable("images are not configured"))?;
+    let row = product_images::Entity::find_by_id(image_id.clone())
+        .one(&edge.reads)
+        .await?
+        .filter(|r| r.product_id == id && r.status != project::REJECTED)
+        .ok_or_else(|| Problem::not_found(format!("no image {image_id} of product {id}")))?;
+    let size = q.size.as_deref().unwrap_or("original");
+    let (key, content_type) = match size {
+        "original" => (row.key, row.content_type),
+        "small" | "medium" => {
+            let thumbs: std::collections::BTreeMap<String, project::Thumb> =
+                serde_json::from_str(&row.thumbnails).unwrap_or_default();
+            let t = thumbs.get(size).cloned().ok_or_else(|| {
+                Problem::not_found(format!("image {image_id} has no {size} thumbnail (yet)"))
+            })?;
+            (t.key, t.content_type)
+        }
+        other => {
+            return Err(Problem::bad_request(format!(
+                "size must be original, medium or small, not {other:?}"
+            )));
+        }
+    };
+    let bytes = store.get(&key).await.map_err(media_problem)?;
+    let mut resp = bytes.into_response();
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    Ok(resp)
 }
 
 /// An order as clients see it.

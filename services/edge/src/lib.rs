@@ -77,6 +77,10 @@ pub const READERS: u32 = 4;
 /// Largest request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Largest image upload body: the media store's limit for an image
+/// (10 MiB) and room for the multipart framing around it.
+pub const IMAGE_BODY_LIMIT: usize = sluice_media::store::MAX_UPLOAD_BYTES + (64 << 10);
+
 /// The subjects the edge uses, per domain (tests use unique domains).
 #[derive(Debug, Clone, Default)]
 pub struct Subjects {
@@ -86,6 +90,8 @@ pub struct Subjects {
     pub orders: sluice_orders::Subjects,
     /// The inventory's events.
     pub inventory: sluice_inventory::Subjects,
+    /// The media service's events (images uploaded here, thumbnails).
+    pub media: sluice_media::Subjects,
 }
 
 /// How the edge is served.
@@ -107,6 +113,9 @@ pub struct EdgeOptions {
     /// How long an order read from the read model may be served from
     /// memory (zero: always read the database).
     pub cache_ttl: Duration,
+    /// Where product images are kept (the media service's store); `None`:
+    /// uploads are refused (503).
+    pub images: Option<sluice_media::ImageStore>,
 }
 
 /// The default [`EdgeOptions::cache_ttl`]: changes this edge projects drop
@@ -145,6 +154,7 @@ impl EdgeOptions {
             rate_limit: Some(RateLimit::DEFAULT),
             request_timeout: REQUEST_TIMEOUT,
             cache_ttl: CACHE_TTL,
+            images: None,
         }
     }
 
@@ -160,7 +170,9 @@ impl EdgeOptions {
     ///   the rate);
     /// - `SLUICE_EDGE_REQUEST_TIMEOUT`: seconds (default 15);
     /// - `SLUICE_EDGE_CACHE_TTL`: seconds an order may be served from
-    ///   memory (default 0.5; `0`: off).
+    ///   memory (default 0.5; `0`: off);
+    /// - `SLUICE_MEDIA_*`: the image store, as the media service reads it
+    ///   (unset: none here; [`from_resources`] then uses `data/media`).
     ///
     /// # Errors
     /// A setting does not parse, or only one TLS file is given.
@@ -168,7 +180,20 @@ impl EdgeOptions {
         listen: SocketAddr,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, OptionsError> {
-        let vars: std::collections::HashMap<String, String> = vars
+        let all: Vec<(String, String)> = vars.into_iter().collect();
+        let media = if all.iter().any(|(k, _)| k.starts_with("SLUICE_MEDIA_")) {
+            let store = sluice_media::MediaConfig::from_env(all.iter().cloned())
+                .and_then(|c| sluice_media::ImageStore::from_config(&c.store))
+                .map_err(|e| OptionsError {
+                    name: "SLUICE_MEDIA_*",
+                    value: e.to_string(),
+                    expected: "settings of the media store",
+                })?;
+            Some(store)
+        } else {
+            None
+        };
+        let vars: std::collections::HashMap<String, String> = all
             .into_iter()
             .filter(|(k, v)| k.starts_with("SLUICE_") && !v.trim().is_empty())
             .collect();
@@ -179,6 +204,7 @@ impl EdgeOptions {
             expected,
         };
         let mut o = Self::new(listen);
+        o.images = media;
         if let Some(v) = get("SLUICE_EDGE_LISTEN") {
             o.listen = v
                 .parse()
@@ -256,6 +282,8 @@ pub struct Edge {
     accounts: sluice_accounts::Subjects,
     orders: sluice_orders::Subjects,
     inventory: sluice_inventory::Subjects,
+    media: sluice_media::Subjects,
+    images: Option<sluice_media::ImageStore>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -333,6 +361,9 @@ fn products_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
         .on(&i.stock_adjusted, project::stock_adjusted)
         .on(&i.stock_reserved, project::stock_reserved)
         .on(&i.stock_released, project::stock_released)
+        .on(&s.media.image_uploaded, project::image_uploaded)
+        .on(&s.media.image_thumbnailed, project::image_thumbnailed)
+        .on(&s.media.image_rejected, project::image_rejected)
         .configured(config)
 }
 
@@ -377,6 +408,11 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
                 .delete(api::delete_product),
         )
         .route("/v1/products/{id}/stock", post(api::adjust_stock))
+        .route(
+            "/v1/products/{id}/images",
+            post(api::upload_image).layer(DefaultBodyLimit::max(IMAGE_BODY_LIMIT)),
+        )
+        .route("/v1/products/{id}/images/{image_id}", get(api::get_image))
         .route("/v1/orders", post(api::place_order).get(api::list_orders))
         .route(
             "/v1/orders/{id}",
@@ -480,6 +516,8 @@ pub async fn start_with_ops(
         accounts: subjects.accounts.clone(),
         orders: subjects.orders.clone(),
         inventory: subjects.inventory.clone(),
+        media: subjects.media.clone(),
+        images: options.images.clone(),
     });
     // Ask for the token keys now rather than on the first token, without
     // holding up the start: tokens are refused until accounts answers.
@@ -544,7 +582,19 @@ pub async fn from_resources(r: sluice_kit::app::Resources) -> Result<Running, Fr
         value: LISTEN.to_owned(),
         expected: "an address",
     })?;
-    let options = EdgeOptions::from_env(listen, std::env::vars())?;
+    let mut options = EdgeOptions::from_env(listen, std::env::vars())?;
+    if options.images.is_none() {
+        // As the media service's own default.
+        let store =
+            sluice_media::ImageStore::local(sluice_media::config::DEFAULT_DIR).map_err(|e| {
+                OptionsError {
+                    name: "SLUICE_MEDIA_DIR",
+                    value: e.to_string(),
+                    expected: "a folder the edge can create",
+                }
+            })?;
+        options.images = Some(store);
+    }
     Ok(start(
         r.broker,
         r.db,

@@ -11,7 +11,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTables), Box::new(CreateApiKeys)]
+        vec![
+            Box::new(CreateTables),
+            Box::new(CreateApiKeys),
+            Box::new(CreateProductImages),
+        ]
     }
 }
 
@@ -160,6 +164,63 @@ impl MigrationTrait for CreateApiKeys {
                 .col(text(ApiKeys::Scopes))
                 .col(text(ApiKeys::KeyHash))
                 .col(flag(ApiKeys::Revoked))
+                .to_owned(),
+        )
+        .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum ProductImages {
+    Table,
+    ImageId,
+    ProductId,
+    Key,
+    ContentType,
+    Width,
+    Height,
+    SizeBytes,
+    Thumbnails,
+    Status,
+    CreatedAt,
+}
+
+struct CreateProductImages;
+
+impl MigrationName for CreateProductImages {
+    fn name(&self) -> &str {
+        "m0003_edge_product_images"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for CreateProductImages {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(ProductImages::Table)
+                .if_not_exists()
+                .col(text(ProductImages::ImageId).primary_key())
+                .col(text(ProductImages::ProductId))
+                .col(text(ProductImages::Key))
+                .col(text(ProductImages::ContentType))
+                .col(int(ProductImages::Width))
+                .col(int(ProductImages::Height))
+                .col(int(ProductImages::SizeBytes))
+                .col(text(ProductImages::Thumbnails))
+                .col(text(ProductImages::Status))
+                .col(int(ProductImages::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("product_images_by_product")
+                .table(ProductImages::Table)
+                .col(ProductImages::ProductId)
+                .col(ProductImages::ImageId)
+                .if_not_exists()
                 .to_owned(),
         )
         .await

@@ -35,6 +35,8 @@ use crate::problem::Problem;
         api::update_product,
         api::delete_product,
         api::adjust_stock,
+        api::upload_image,
+        api::get_image,
         api::place_order,
         api::list_orders,
         api::get_order,

@@ -13,11 +13,12 @@ use sluice_proto::shop::inventory::v1::{
     ProductCreated, ProductDeleted, ProductUpdated, ReservedLine, StockAdjusted, StockReleased,
     StockReserved,
 };
+use sluice_proto::shop::media::v1::{ImageRejected, ImageThumbnailed, ImageUploaded};
 use sluice_proto::shop::orders::v1::{
     OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced,
 };
 
-use crate::tables::{api_keys, orders, products};
+use crate::tables::{api_keys, orders, product_images, products};
 
 /// One line of an order, as stored and as shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -87,12 +88,102 @@ pub(crate) async fn product_updated(
     Ok(())
 }
 
-/// On `ProductDeleted`.
+/// On `ProductDeleted`: the product and its images' rows (the files stay
+/// in the media store).
 pub(crate) async fn product_deleted(
     ctx: ProjectionCtx<()>,
     p: ProductDeleted,
 ) -> Result<(), HandlerError> {
+    product_images::Entity::delete_many()
+        .filter(product_images::Column::ProductId.eq(p.product_id.as_str()))
+        .exec(ctx.db())
+        .await?;
     products::Entity::delete_by_id(p.product_id)
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// An image's status while its thumbnails are made.
+pub(crate) const PROCESSING: &str = "processing";
+/// An image's status once it has its thumbnails.
+pub(crate) const READY: &str = "ready";
+/// An image's status when it could not be decoded.
+pub(crate) const REJECTED: &str = "rejected";
+
+/// One thumbnail as the edge keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Thumb {
+    /// Its key in the media store.
+    pub(crate) key: String,
+    /// `image/jpeg` or `image/png`.
+    pub(crate) content_type: String,
+}
+
+/// On `ImageUploaded`: the image, processing.
+pub(crate) async fn image_uploaded(
+    ctx: ProjectionCtx<()>,
+    i: ImageUploaded,
+) -> Result<(), HandlerError> {
+    need_id(&i.image_id)?;
+    product_images::Entity::insert(product_images::ActiveModel {
+        image_id: Set(i.image_id),
+        product_id: Set(i.product_id),
+        key: Set(i.key),
+        content_type: Set(i.content_type),
+        width: Set(i64::from(i.width)),
+        height: Set(i64::from(i.height)),
+        size_bytes: Set(i64::try_from(i.size_bytes).unwrap_or(i64::MAX)),
+        thumbnails: Set("{}".to_owned()),
+        status: Set(PROCESSING.to_owned()),
+        created_at: Set(now_micros()),
+    })
+    .on_conflict(
+        OnConflict::column(product_images::Column::ImageId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(ctx.db())
+    .await?;
+    Ok(())
+}
+
+/// On `ImageThumbnailed`: the image is ready, with its thumbnails by size.
+pub(crate) async fn image_thumbnailed(
+    ctx: ProjectionCtx<()>,
+    i: ImageThumbnailed,
+) -> Result<(), HandlerError> {
+    let thumbs: std::collections::BTreeMap<String, Thumb> = i
+        .thumbnails
+        .into_iter()
+        .map(|t| {
+            (
+                t.size,
+                Thumb {
+                    key: t.key,
+                    content_type: t.content_type,
+                },
+            )
+        })
+        .collect();
+    let thumbs = serde_json::to_string(&thumbs).map_err(HandlerError::permanent)?;
+    product_images::Entity::update_many()
+        .col_expr(product_images::Column::Thumbnails, Expr::value(thumbs))
+        .col_expr(product_images::Column::Status, Expr::value(READY))
+        .filter(product_images::Column::ImageId.eq(i.image_id))
+        .exec(ctx.db())
+        .await?;
+    Ok(())
+}
+
+/// On `ImageRejected`: the image is not shown.
+pub(crate) async fn image_rejected(
+    ctx: ProjectionCtx<()>,
+    i: ImageRejected,
+) -> Result<(), HandlerError> {
+    product_images::Entity::update_many()
+        .col_expr(product_images::Column::Status, Expr::value(REJECTED))
+        .filter(product_images::Column::ImageId.eq(i.image_id))
         .exec(ctx.db())
         .await?;
     Ok(())

@@ -129,3 +129,42 @@ pub mod api_keys {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `product_images`: the images of the catalogue's products (projected
+/// from `media.image.uploaded`, `.thumbnailed` and `.rejected`).
+pub mod product_images {
+    use sea_orm::entity::prelude::*;
+
+    /// One image.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "product_images")]
+    pub struct Model {
+        /// The image's id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub image_id: String,
+        /// Its product.
+        pub product_id: String,
+        /// The original's key in the media store.
+        pub key: String,
+        /// The original's content type.
+        pub content_type: String,
+        /// Width in pixels.
+        pub width: i64,
+        /// Height in pixels.
+        pub height: i64,
+        /// The original's size.
+        pub size_bytes: i64,
+        /// JSON: `{size: {key, content_type, width, height}}` once thumbnailed.
+        pub thumbnails: String,
+        /// `processing`, `ready` or `rejected`.
+        pub status: String,
+        /// When it was uploaded (µs since the epoch).
+        pub created_at: i64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -32,6 +32,7 @@ impl Env {
             accounts: sluice_accounts::Subjects::new(&format!("{d}a")),
             orders: sluice_orders::Subjects::new(d, &format!("{d}i"), &format!("{d}p")),
             inventory: sluice_inventory::Subjects::new(d, &format!("{d}i")),
+            media: sluice_media::Subjects::new(&format!("{d}m")),
         };
         let options = options(EdgeOptions::new("127.0.0.1:0".parse().unwrap()));
         let edge = sluice_edge::start(
