@@ -224,12 +224,7 @@ impl Shop {
                     db,
                     &self.config,
                     Metrics::new(),
-                    sluice_edge::Subjects {
-                        accounts: self.subjects.accounts.clone(),
-                        orders: self.subjects.orders.clone(),
-                        inventory: self.subjects.inventory.clone(),
-                        media: self.subjects.media.clone(),
-                    },
+                    self.edge_subjects(),
                     sluice_edge::EdgeOptions {
                         images: Some(self.image_store()),
                         admin_key: Some(sluice_kit::Secret::new(ADMIN_KEY)),
@@ -331,6 +326,30 @@ impl Shop {
     /// Starts `svc` again on its database, as a restarted process would.
     pub async fn restart(&mut self, svc: Svc) {
         self.launch(svc, true).await;
+    }
+
+    /// The edge's subjects on the test's domains.
+    pub fn edge_subjects(&self) -> sluice_edge::Subjects {
+        sluice_edge::Subjects {
+            accounts: self.subjects.accounts.clone(),
+            orders: self.subjects.orders.clone(),
+            inventory: self.subjects.inventory.clone(),
+            media: self.subjects.media.clone(),
+        }
+    }
+
+    /// Resets the edge's projection `name` for a rebuild
+    /// ([`sluice_edge::reset`]); the edge must be stopped.
+    pub async fn reset_edge(&self, name: &str) {
+        sluice_edge::reset(
+            self.tb.broker.as_ref(),
+            self.db(Svc::Edge),
+            &self.config,
+            &self.edge_subjects(),
+            name,
+        )
+        .await
+        .unwrap();
     }
 
     /// The media store the media service and the edge share (a folder).

@@ -168,10 +168,10 @@ pub const FLOWS: &[Flow] = &[
     event(
         "media.image.uploaded",
         "whoever stores an upload (the REST edge)",
-        &["media"],
+        &["media", "edge-products"],
     ),
-    event("media.image.thumbnailed", "media", &[]),
-    event("media.image.rejected", "media", &[]),
+    event("media.image.thumbnailed", "media", &["edge-products"]),
+    event("media.image.rejected", "media", &["edge-products"]),
     // notifications
     event("notifications.email.sent", "notifications", &[]),
     // orders

@@ -390,6 +390,71 @@ fn orders_projection(
         .configured(config)
 }
 
+/// The edge's projections (read models), by name.
+pub const PROJECTIONS: [&str; 3] = ["edge-products", "edge-orders", "edge-apikeys"];
+
+/// Why a projection could not be reset.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// No projection of the edge has that name.
+    #[error("the edge has no projection {0:?} (it has {list})", list = PROJECTIONS.join(", "))]
+    Unknown(String),
+    /// The broker or the database refused.
+    #[error(transparent)]
+    Reset(#[from] sluice_kit::router::ResetError),
+}
+
+/// Prepares a rebuild of the edge's projection `name` (one of
+/// [`PROJECTIONS`]) from the beginning of the log: its consumer groups,
+/// inbox entries and checkpoint are forgotten and its rows deleted, so the
+/// edge's next start replays every event into it. The rows' times come
+/// from the events, so the rebuilt rows equal the live ones, except what
+/// the edge wrote itself before the events existed (a pending order's
+/// `created_at` and `version`). Run it while the edge is stopped.
+///
+/// # Errors
+/// An unknown name, or the broker or the database refused.
+pub async fn reset(
+    broker: &dyn Broker,
+    db: &DatabaseConnection,
+    config: &KitConfig,
+    subjects: &Subjects,
+    name: &str,
+) -> Result<(), ResetError> {
+    use sea_orm::EntityTrait;
+    use tables::{api_keys, orders, product_images, products};
+    match name {
+        "edge-products" => {
+            products_projection(subjects, config)
+                .reset(broker, db, |txn| async move {
+                    product_images::Entity::delete_many().exec(&txn).await?;
+                    products::Entity::delete_many().exec(&txn).await?;
+                    Ok(txn)
+                })
+                .await?;
+        }
+        "edge-orders" => {
+            let unused = Arc::new(cache::RowCache::new(Duration::ZERO, 1));
+            orders_projection(subjects, config, unused)
+                .reset(broker, db, |txn| async move {
+                    orders::Entity::delete_many().exec(&txn).await?;
+                    Ok(txn)
+                })
+                .await?;
+        }
+        "edge-apikeys" => {
+            api_keys_projection(subjects, config)
+                .reset(broker, db, |txn| async move {
+                    api_keys::Entity::delete_many().exec(&txn).await?;
+                    Ok(txn)
+                })
+                .await?;
+        }
+        other => return Err(ResetError::Unknown(other.to_owned())),
+    }
+    Ok(())
+}
+
 /// The API's routes over `edge` with their limits, and `ops` (`/healthz`,
 /// `/readyz`, `/metrics`) beside them; request ids, compression and CORS
 /// around both.

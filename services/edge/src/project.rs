@@ -6,7 +6,6 @@
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
-use sluice_kit::db::now_micros;
 use sluice_kit::{HandlerError, ProjectionCtx};
 use sluice_proto::shop::accounts::v1::{ApiKeyCreated, ApiKeyRevoked};
 use sluice_proto::shop::inventory::v1::{
@@ -31,6 +30,12 @@ pub(crate) struct Item {
     pub(crate) price_cents: i64,
 }
 
+/// When the event happened (µs since the epoch): the read models' times
+/// come from the events, so a rebuild from the log gives the same rows.
+fn at<S>(ctx: &ProjectionCtx<S>) -> i64 {
+    i64::try_from(ctx.envelope().time.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
 fn need_id(id: &str) -> Result<(), HandlerError> {
     if id.is_empty() {
         return Err(HandlerError::Permanent("event without an id".into()));
@@ -51,7 +56,7 @@ pub(crate) async fn product_created(
         price_cents: Set(p.price_cents),
         currency: Set(p.currency),
         stock: Set(p.stock),
-        updated_at: Set(now_micros()),
+        updated_at: Set(at(&ctx)),
     })
     .on_conflict(
         OnConflict::column(products::Column::Id)
@@ -81,7 +86,7 @@ pub(crate) async fn product_updated(
         .col_expr(products::Column::Name, Expr::value(p.name))
         .col_expr(products::Column::PriceCents, Expr::value(p.price_cents))
         .col_expr(products::Column::Currency, Expr::value(p.currency))
-        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(products::Column::UpdatedAt, Expr::value(at(&ctx)))
         .filter(products::Column::Id.eq(p.product_id))
         .exec(ctx.db())
         .await?;
@@ -136,7 +141,7 @@ pub(crate) async fn image_uploaded(
         size_bytes: Set(i64::try_from(i.size_bytes).unwrap_or(i64::MAX)),
         thumbnails: Set("{}".to_owned()),
         status: Set(PROCESSING.to_owned()),
-        created_at: Set(now_micros()),
+        created_at: Set(at(&ctx)),
     })
     .on_conflict(
         OnConflict::column(product_images::Column::ImageId)
@@ -198,7 +203,7 @@ async fn add_stock(ctx: &ProjectionCtx<()>, product: &str, delta: i64) -> Result
             products::Column::Stock,
             Expr::col(products::Column::Stock).add(delta),
         )
-        .col_expr(products::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(products::Column::UpdatedAt, Expr::value(at(ctx)))
         .filter(products::Column::Id.eq(product))
         .exec(ctx.db())
         .await?;
@@ -262,7 +267,7 @@ pub(crate) async fn order_placed(
         })
         .collect();
     let items = serde_json::to_string(&items).map_err(HandlerError::permanent)?;
-    let now = now_micros();
+    let now = at(&ctx);
     orders::Entity::insert(orders::ActiveModel {
         id: Set(o.order_id),
         customer_id: Set(o.customer_id),
@@ -308,7 +313,7 @@ async fn set_status(
     let mut update = orders::Entity::update_many()
         .col_expr(orders::Column::Status, Expr::value(status))
         .col_expr(orders::Column::Step, Expr::value(step))
-        .col_expr(orders::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(orders::Column::UpdatedAt, Expr::value(at(ctx)))
         .col_expr(
             orders::Column::Version,
             Expr::col(orders::Column::Version).add(1),
@@ -355,7 +360,7 @@ pub(crate) async fn order_cancelled(
     )
     .await?;
     if changed == 0 {
-        let now = now_micros();
+        let now = at(&ctx);
         orders::Entity::insert(orders::ActiveModel {
             id: Set(o.order_id),
             customer_id: Set(o.customer_id),
@@ -383,7 +388,7 @@ pub(crate) async fn cancellation_requested(
     ctx.state().touch(&o.order_id);
     orders::Entity::update_many()
         .col_expr(orders::Column::Step, Expr::value("cancellation_requested"))
-        .col_expr(orders::Column::UpdatedAt, Expr::value(now_micros()))
+        .col_expr(orders::Column::UpdatedAt, Expr::value(at(&ctx)))
         .col_expr(
             orders::Column::Version,
             Expr::col(orders::Column::Version).add(1),
