@@ -9,7 +9,7 @@ mod up;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc: the broker hot paths allocate per message (headers, payloads);
 // glibc malloc's arena locks cost ~25% of embedded consume throughput here.
@@ -42,6 +42,11 @@ enum Command {
     Publish(ops::publish::PublishArgs),
     /// Follow the events on a subject filter, decoded to JSON with their headers.
     Tail(ops::tail::TailArgs),
+    /// Print a completion script for a shell (e.g. `sluice completions bash > /etc/bash_completion.d/sluice`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     // A served service sets up its own logs and traces (sluice_kit::app).
     let serving = matches!(cli.command, Command::Serve(_));
     // Operator commands print data: only warnings and errors go to stderr.
@@ -82,6 +91,7 @@ fn main() -> ExitCode {
             }
             Command::Publish(args) => ops::publish::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Tail(args) => ops::tail::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

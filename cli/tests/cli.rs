@@ -72,6 +72,36 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
 }
 
 #[test]
+fn completions_cover_every_command_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_sluice()"),
+        ("zsh", "#compdef sluice"),
+        ("fish", "complete -c sluice"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[sluice]"),
+    ] {
+        let out = sluice().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {marker}");
+        for command in [
+            "up",
+            "serve",
+            "publish",
+            "tail",
+            "bench-shop",
+            "completions",
+        ] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let out = sluice().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid value 'tcsh'"), "{err}");
+}
+
+#[test]
 fn a_bad_argument_is_a_usage_error_with_exit_code_2() {
     let out = sluice()
         .args(["bench", "--backends", "kafka"])
