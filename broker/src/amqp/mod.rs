@@ -447,6 +447,13 @@ impl Broker for AmqpBroker {
             self.delete_queue(&self.name(kind, key, Some(group)))
                 .await?;
         }
+        // A group made again under this name (a rebuild from the beginning)
+        // must see every id again, not have them dropped as duplicates.
+        let queue = self.name("group", key, Some(group));
+        self.dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&queue);
         Ok(())
     }
 

@@ -53,7 +53,8 @@ use sluice_kit::health::Readiness;
 use sluice_kit::outbox::Emitter;
 use sluice_kit::rpc::Requester;
 use sluice_kit::{
-    ConsumerError, KitConfig, Metrics, Projection, RunningService, Secret, Service, Shutdown,
+    ConsumerError, ConsumerOptions, KitConfig, Metrics, Projection, RunningService, Secret,
+    Service, Shutdown,
 };
 
 pub use auth::{Caller, KeyHolder};
@@ -364,6 +365,13 @@ fn products_projection(s: &Subjects, config: &KitConfig) -> Projection<()> {
         .on(&s.media.image_uploaded, project::image_uploaded)
         .on(&s.media.image_thumbnailed, project::image_thumbnailed)
         .on(&s.media.image_rejected, project::image_rejected)
+        // One worker, so events apply in log order across keys: a stock
+        // delta (keyed by order) must find its product (keyed by product),
+        // which a rebuild replays only just before.
+        .options(ConsumerOptions {
+            concurrency: 1,
+            ..ConsumerOptions::default()
+        })
         .configured(config)
 }
 
