@@ -422,16 +422,7 @@ impl Shop {
             .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(&raw)));
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let body = raw[split + 4..].to_vec();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {head}"));
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let (status, headers) = parse_head(&head);
         let content_type = headers
             .iter()
             .find(|(k, _)| k == "content-type")
@@ -747,20 +738,26 @@ fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&raw).into_owned()
 }
 
-/// One HTTP/1.1 exchange over a fresh connection.
-fn exchange(addr: std::net::SocketAddr, request: &str) -> Response {
-    let text = raw_exchange(addr, request);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+/// A response head's status and headers (names lower-cased).
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    let headers: Vec<(String, String)> = lines
+        .unwrap_or_else(|| panic!("no status line: {head}"));
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    (status, headers)
+}
+
+/// One HTTP/1.1 exchange over a fresh connection.
+fn exchange(addr: std::net::SocketAddr, request: &str) -> Response {
+    let text = raw_exchange(addr, request);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = parse_head(head);
     assert!(
         !headers
             .iter()

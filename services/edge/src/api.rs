@@ -102,7 +102,6 @@ where
         (status = 201, description = "The account", body = Account,
             headers(("Location" = String, description = "The account's URL"))),
         (status = 409, description = "The e-mail address is taken", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn register(
     State(edge): Shared,
@@ -131,7 +130,6 @@ pub(crate) async fn register(
     responses(
         (status = 200, description = "An access token", body = Token),
         (status = 401, description = "Wrong e-mail address or password", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn token(
     State(edge): Shared,
@@ -277,7 +275,6 @@ impl From<products::Model> for Product {
     params(Page),
     responses(
         (status = 200, description = "A page of the catalogue, in id order", body = Paged<Product>),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn list_products(
     State(edge): Shared,
@@ -415,7 +412,6 @@ fn product_reply(r: ProductResult) -> Result<Product, Problem> {
         (status = 201, description = "The product", body = Product,
             headers(("Location" = String, description = "The product's URL"))),
         (status = 409, description = "The sku is taken", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn create_product(
     State(edge): Shared,
@@ -446,7 +442,6 @@ pub(crate) async fn create_product(
     responses(
         (status = 200, description = "The product with its new stock", body = Product),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn adjust_stock(
     State(edge): Shared,
@@ -471,7 +466,6 @@ pub(crate) async fn adjust_stock(
         (status = 200, description = "The product as it now is", body = Product),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The sku is another product's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 /// `PUT /v1/products/{id}` (API key with `catalog:write`): new catalogue
 /// data.
@@ -500,7 +494,6 @@ pub(crate) async fn update_product(
     responses(
         (status = 204, description = "Deleted: new orders for it are rejected"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 /// `DELETE /v1/products/{id}` (API key with `catalog:write`) → 204.
 pub(crate) async fn delete_product(
@@ -522,7 +515,6 @@ pub(crate) async fn delete_product(
     responses(
         (status = 200, description = "The product", body = Product),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn get_product(
     State(edge): Shared,
@@ -603,7 +595,6 @@ fn media_problem(e: sluice_media::MediaError) -> Problem {
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over 10 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a PNG, JPEG or WebP image", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 /// `POST /v1/products/{id}/images` (API key with `catalog:write`),
 /// multipart with one file part `image`: the original is validated and
@@ -702,7 +693,6 @@ pub(crate) struct ImageSize {
     responses(
         (status = 200, description = "The image's bytes", content_type = "image/*", body = Vec<u8>),
         (status = 404, description = "No such image, or no such thumbnail yet", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /v1/products/{id}/images/{image_id}[?size=small|medium]`: the
 /// original or a thumbnail, cacheable for good (an image never changes).
@@ -880,7 +870,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         (status = 202, description = "Accepted: the order is PENDING", body = Accepted,
             headers(("Location" = String, description = "The order's URL"))),
         (status = 422, description = "The key was used with another body", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn place_order(
     State(edge): Shared,
@@ -1007,7 +996,6 @@ async fn own_order(edge: &Edge, caller: &Caller, id: &str) -> Result<Arc<orders:
         (status = 304, description = "Unchanged since the ETag given",
             headers(("ETag" = String, description = "The order's version"))),
         (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn get_order(
     State(edge): Shared,
@@ -1037,7 +1025,6 @@ pub(crate) async fn get_order(
     security(("bearer" = ["orders:read"])),
     responses(
         (status = 200, description = "A page of the caller's orders, newest first", body = Paged<Order>),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn list_orders(
     State(edge): Shared,
@@ -1079,7 +1066,6 @@ pub(crate) async fn list_orders(
     responses(
         (status = 202, description = "Cancellation requested; the order is cancelled at its next step", body = Accepted),
         (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn cancel_order(
     State(edge): Shared,
@@ -1141,7 +1127,6 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
     responses(
         (status = 200, description = "Server-Sent Events named `status`, each one's data an OrderStatus, until the order is CONFIRMED or CANCELLED", content_type = "text/event-stream", body = StatusEvent),
         (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "A problem", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn order_events(
     State(edge): Shared,

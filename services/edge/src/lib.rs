@@ -242,7 +242,7 @@ impl EdgeOptions {
         if let Some(rate) = count("SLUICE_EDGE_RATE_LIMIT")? {
             o.rate_limit = std::num::NonZeroU32::new(rate).map(|per_second| RateLimit {
                 per_second,
-                burst: per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1)),
+                burst: per_second.saturating_add(per_second.get()),
             });
         }
         if let (Some(burst), Some(limit)) = (count("SLUICE_EDGE_RATE_BURST")?, &mut o.rate_limit) {

@@ -96,7 +96,8 @@ impl Limiter {
             Ok(()) => None,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).map(|s| s.max(1))
+                // Whole seconds, rounded up, at least one.
+                Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
             }
         }
     }

@@ -44,7 +44,7 @@ use crate::problem::Problem;
         api::order_events,
     ),
     components(schemas(Problem, api::OrderStatus)),
-    modifiers(&Security),
+    modifiers(&Security, &AnyProblem),
     tags(
         (name = "accounts", description = "Accounts and access tokens"),
         (name = "products", description = "The catalogue with stock"),
@@ -76,6 +76,40 @@ impl utoipa::Modify for Security {
                 "The admin key or a key the accounts service issued",
             ))),
         );
+    }
+}
+
+/// Gives every operation a `default` response: any status it does not
+/// list is a problem (`application/problem+json`), as every error is.
+struct AnyProblem;
+
+impl utoipa::Modify for AnyProblem {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = ResponseBuilder::new()
+            .description("A problem")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for item in api.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("default".to_owned())
+                    .or_insert_with(|| problem.clone().into());
+            }
+        }
     }
 }
 

@@ -38,6 +38,43 @@ fn product(m: &products::Model) -> Product {
     }
 }
 
+/// Emits `event` about `row` on `subject` in `txn`, commits, and answers
+/// with the product as it now is.
+async fn answer<E: prost::Message + prost::Name>(
+    inv: &Inventory,
+    txn: sea_orm::DatabaseTransaction,
+    subject: &str,
+    request: &Envelope,
+    row: &products::Model,
+    event: &E,
+) -> Result<ProductResult, HandlerError> {
+    let correlation = request.correlation_id.as_deref();
+    let m = inv.emitter.event(subject, &row.id, event, correlation);
+    inv.emitter.commit(txn, &[m]).await?;
+    Ok(ProductResult {
+        ok: true,
+        product: Some(product(row)),
+        ..ProductResult::default()
+    })
+}
+
+/// After a write failed on the unique sku index: `conflict` when another
+/// product holds `sku` now (a concurrent write won), else the failure.
+async fn sku_taken_or(
+    inv: &Inventory,
+    sku: &str,
+    e: sea_orm::DbErr,
+) -> Result<ProductResult, HandlerError> {
+    match products::Entity::find()
+        .filter(products::Column::Sku.eq(sku))
+        .one(&inv.db)
+        .await?
+    {
+        Some(_) => Ok(refused("conflict", format!("sku {sku} already exists"))),
+        None => Err(e.into()),
+    }
+}
+
 /// Most units of a product (and the largest adjustment): far beyond any
 /// real stock, far from overflowing a 64-bit sum.
 pub const MAX_STOCK: i64 = 1_000_000_000_000;
@@ -107,14 +144,7 @@ pub(crate) async fn create_product(
     if let Err(e) = insert {
         // A concurrent create of the same sku won the unique index.
         let _ = txn.rollback().await;
-        return match products::Entity::find()
-            .filter(products::Column::Sku.eq(c.sku.as_str()))
-            .one(&inv.db)
-            .await?
-        {
-            Some(_) => Ok(refused("conflict", format!("sku {} already exists", c.sku))),
-            None => Err(e.into()),
-        };
+        return sku_taken_or(&inv, &c.sku, e).await;
     }
     let event = ProductCreated {
         product_id: row.id.clone(),
@@ -124,16 +154,15 @@ pub(crate) async fn create_product(
         currency: row.currency.clone(),
         stock: row.stock,
     };
-    let correlation = request.correlation_id.as_deref();
-    let m = inv
-        .emitter
-        .event(&inv.subjects.product_created, &row.id, &event, correlation);
-    inv.emitter.commit(txn, &[m]).await?;
-    Ok(ProductResult {
-        ok: true,
-        product: Some(product(&row)),
-        ..ProductResult::default()
-    })
+    answer(
+        &inv,
+        txn,
+        &inv.subjects.product_created,
+        &request,
+        &row,
+        &event,
+    )
+    .await
 }
 
 /// `inventory.cmd.update_product`: new catalogue data, the sku still
@@ -176,14 +205,7 @@ pub(crate) async fn update_product(
         Err(e) => {
             // A concurrent write took the sku first (unique index).
             let _ = txn.rollback().await;
-            return match products::Entity::find()
-                .filter(products::Column::Sku.eq(u.sku.as_str()))
-                .one(&inv.db)
-                .await?
-            {
-                Some(_) => Ok(refused("conflict", format!("sku {} already exists", u.sku))),
-                None => Err(e.into()),
-            };
+            return sku_taken_or(&inv, &u.sku, e).await;
         }
     };
     if changed == 0 {
@@ -202,16 +224,15 @@ pub(crate) async fn update_product(
         price_cents: row.price_cents,
         currency: row.currency.clone(),
     };
-    let correlation = request.correlation_id.as_deref();
-    let m = inv
-        .emitter
-        .event(&inv.subjects.product_updated, &row.id, &event, correlation);
-    inv.emitter.commit(txn, &[m]).await?;
-    Ok(ProductResult {
-        ok: true,
-        product: Some(product(&row)),
-        ..ProductResult::default()
-    })
+    answer(
+        &inv,
+        txn,
+        &inv.subjects.product_updated,
+        &request,
+        &row,
+        &event,
+    )
+    .await
 }
 
 /// `inventory.cmd.delete_product`: the product leaves the catalogue (new
@@ -234,16 +255,15 @@ pub(crate) async fn delete_product(
     let event = ProductDeleted {
         product_id: row.id.clone(),
     };
-    let correlation = request.correlation_id.as_deref();
-    let m = inv
-        .emitter
-        .event(&inv.subjects.product_deleted, &row.id, &event, correlation);
-    inv.emitter.commit(txn, &[m]).await?;
-    Ok(ProductResult {
-        ok: true,
-        product: Some(product(&row)),
-        ..ProductResult::default()
-    })
+    answer(
+        &inv,
+        txn,
+        &inv.subjects.product_deleted,
+        &request,
+        &row,
+        &event,
+    )
+    .await
 }
 
 /// `inventory.cmd.adjust_stock`.
@@ -291,14 +311,13 @@ pub(crate) async fn adjust_stock(
         delta: a.delta,
         stock: row.stock,
     };
-    let correlation = request.correlation_id.as_deref();
-    let m = inv
-        .emitter
-        .event(&inv.subjects.stock_adjusted, &row.id, &event, correlation);
-    inv.emitter.commit(txn, &[m]).await?;
-    Ok(ProductResult {
-        ok: true,
-        product: Some(product(&row)),
-        ..ProductResult::default()
-    })
+    answer(
+        &inv,
+        txn,
+        &inv.subjects.stock_adjusted,
+        &request,
+        &row,
+        &event,
+    )
+    .await
 }
