@@ -30,6 +30,17 @@ impl std::fmt::Display for BrokerKind {
     }
 }
 
+/// What a domain's stream holds (`sluice stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamStats {
+    /// Messages stored now.
+    pub messages: u64,
+    /// The sequence of the last message stored, where the backend has one.
+    pub last_sequence: Option<u64>,
+    /// The consumer groups on the stream, where the backend can list them.
+    pub groups: Option<Vec<String>>,
+}
+
 /// A message broker with durable, at-least-once delivery.
 ///
 /// Semantics every backend keeps (checked by the conformance suite in
@@ -111,6 +122,16 @@ pub trait Broker: Send + Sync + 'static {
     /// The broker could not be asked.
     async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
         let _ = (filter, group);
+        Ok(None)
+    }
+
+    /// What `domain`'s stream (a stream key: `orders`, `dlq.orders`) holds
+    /// now, or `None` when the backend cannot tell.
+    ///
+    /// # Errors
+    /// The broker could not be asked.
+    async fn stream_stats(&self, domain: &str) -> Result<Option<StreamStats>, BrokerError> {
+        let _ = domain;
         Ok(None)
     }
 

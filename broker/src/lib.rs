@@ -23,6 +23,7 @@ mod message;
 mod options;
 #[cfg(any(feature = "nats", feature = "amqp"))]
 mod pipeline;
+pub mod scan;
 pub mod subject;
 pub mod testing;
 
@@ -33,7 +34,7 @@ pub mod embedded;
 #[cfg(feature = "nats")]
 pub mod nats;
 
-pub use broker::{Broker, BrokerKind};
+pub use broker::{Broker, BrokerKind, StreamStats};
 pub use connect::{BrokerUrl, connect, redact_url};
 pub use delivery::{
     Acker, Delivery, PumpHandle, Request, RequestPump, Requests, Responder, Subscription,

@@ -527,6 +527,44 @@ async fn lag_counts_what_a_group_has_not_acked(fx: &Fixture) {
     sub.close().await;
 }
 
+/// A group replaying from the beginning reports a lag above 0 until it has
+/// acked everything its filter matches, and then exactly 0, also when the
+/// stream ends with messages the filter does not match: `sluice export`
+/// stops on that 0.
+async fn lag_of_a_replaying_group_is_zero_only_once_caught_up(fx: &Fixture) {
+    publish_all(fx, (0..20).map(|n| event(fx, n)).collect()).await;
+    let other = |n| {
+        let mut m = event(fx, n);
+        m.subject = fx.subject("order.other");
+        m
+    };
+    publish_all(fx, (20..25).map(other).collect()).await;
+    let filter = fx.subject("order.placed");
+    let options =
+        SubscribeOptions::new("replaying", filter.as_str()).start(StartPosition::Beginning);
+    let mut sub = fx.broker.subscribe(options).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let lag = fx.broker.lag(&filter, "replaying").await.unwrap();
+        assert!(lag.is_some_and(|l| l > 0), "lag {lag:?} before the end");
+        let d = recv(&mut sub, WAIT).await;
+        seen.push(number(&d.message));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    let mut last = None;
+    for _ in 0..100 {
+        last = fx.broker.lag(&filter, "replaying").await.unwrap();
+        if last == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, Some(0), "caught up");
+    sub.close().await;
+    fx.broker.delete_group(&filter, "replaying").await.unwrap();
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:path) => {
         conformance!(@cases $backend, $make;
@@ -545,6 +583,7 @@ macro_rules! conformance {
             a_restarted_consumer_resumes_after_the_last_ack,
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
             lag_counts_what_a_group_has_not_acked,
+            lag_of_a_replaying_group_is_zero_only_once_caught_up,
         );
     };
     (@cases $backend:ident, $make:path; $($case:ident),* $(,)?) => {

@@ -42,6 +42,16 @@ enum Command {
     Publish(ops::publish::PublishArgs),
     /// Follow the events on a subject filter, decoded to JSON with their headers.
     Tail(ops::tail::TailArgs),
+    /// Write the events on a subject filter to an event-log file (docs/event-log-format.md).
+    Export(ops::log::ExportArgs),
+    /// Publish an event-log file's events again, with their original ids.
+    Import(ops::log::ImportArgs),
+    /// Rebuild a read model of the edge from the log (or a file) without downtime.
+    Replay(ops::replay::ReplayArgs),
+    /// List, show, redrive or purge dead letters.
+    Dlq(ops::dlq::DlqArgs),
+    /// Messages, rates, consumer lag and dead letters per stream.
+    Stats(ops::stats::StatsArgs),
     /// Print a completion script for a shell (e.g. `sluice completions bash > /etc/bash_completion.d/sluice`).
     Completions {
         /// The shell.
@@ -65,7 +75,16 @@ fn main() -> ExitCode {
     // A served service sets up its own logs and traces (sluice_kit::app).
     let serving = matches!(cli.command, Command::Serve(_));
     // Operator commands print data: only warnings and errors go to stderr.
-    let operator = matches!(cli.command, Command::Publish(_) | Command::Tail(_));
+    let operator = matches!(
+        cli.command,
+        Command::Publish(_)
+            | Command::Tail(_)
+            | Command::Export(_)
+            | Command::Import(_)
+            | Command::Replay(_)
+            | Command::Dlq(_)
+            | Command::Stats(_)
+    );
     if !serving {
         init_tracing(if operator { "warn" } else { "info" });
     }
@@ -91,6 +110,11 @@ fn main() -> ExitCode {
             }
             Command::Publish(args) => ops::publish::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Tail(args) => ops::tail::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Export(args) => ops::log::export(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Import(args) => ops::log::import(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Replay(args) => ops::replay::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Dlq(args) => ops::dlq::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Stats(args) => ops::stats::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         }
     });

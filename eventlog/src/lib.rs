@@ -20,6 +20,8 @@
 //! file that ends before its end marker is reported as truncated, with the
 //! number of records read intact.
 
+pub mod convert;
+
 use std::io::{Read, Write};
 
 use prost::Message;

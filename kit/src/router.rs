@@ -170,6 +170,26 @@ macro_rules! builder {
             pub fn name(&self) -> &str {
                 &self.0.name
             }
+
+            /// The same consumer under another name (consumer group, inbox
+            /// and checkpoint), e.g. to build a shadow copy beside the live one.
+            #[must_use]
+            pub fn renamed(mut self, name: impl Into<String>) -> Self {
+                self.0.name = name.into();
+                self
+            }
+
+            /// Sets only where a new consumer group starts.
+            #[must_use]
+            pub fn start_at(mut self, start: sluice_broker::StartPosition) -> Self {
+                self.0.options.start = start;
+                self
+            }
+
+            /// The subscription filters: one per domain the routes cover.
+            pub fn filters(&self) -> Vec<String> {
+                self.0.filters()
+            }
         }
     };
 }

@@ -49,7 +49,7 @@ pub(super) fn to_amqp(headers: &Headers, extra: &[(&str, AMQPValue)]) -> BasicPr
             AMQPValue::LongString(LongString::from(value)),
         );
     }
-    if let Some(id) = headers.get("ce-id") {
+    if let Some(id) = crate::dead_letter::dedup_key(headers) {
         props = props.with_message_id(ShortString::from(id));
     }
     table.insert(ShortString::from(TS), AMQPValue::LongLongInt(now_millis()));

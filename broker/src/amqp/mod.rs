@@ -43,7 +43,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::{
     Broker, BrokerError, BrokerKind, InboundMessage, OutboundMessage, PublishAck, Requests,
-    SubscribeOptions, Subscription, subject,
+    StreamStats, SubscribeOptions, Subscription, subject,
 };
 
 /// Options of the RabbitMQ backend.
@@ -301,6 +301,22 @@ impl Inner {
         Ok(queue.message_count() > 0)
     }
 
+    /// The number of ready messages in queue `name`, `None` if it does not exist.
+    pub(crate) async fn passive_count(&self, name: &str) -> Result<Option<u64>, BrokerError> {
+        // A passive declare of a missing queue closes its channel: use a
+        // channel of its own.
+        let ch = self.conn.create_channel().await.map_err(backend)?;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let r = ch
+            .queue_declare(name.into(), options, Default::default())
+            .await;
+        let _ = ch.close(200, "count".into()).await;
+        Ok(r.ok().map(|q| u64::from(q.message_count())))
+    }
+
     /// Puts the message into marker queue `name` (declared by `marker_set`).
     pub(crate) async fn set_marker(&self, name: &str) -> Result<(), BrokerError> {
         let props = lapin::BasicProperties::default().with_delivery_mode(2);
@@ -372,19 +388,36 @@ impl Broker for AmqpBroker {
     /// unacked ones over AMQP): a lower bound of the lag.
     async fn lag(&self, filter: &str, group: &str) -> Result<Option<u64>, BrokerError> {
         let key = subject::stream_key(filter);
-        let queue = self.inner.name("group", key, Some(group));
-        // A passive declare of a missing queue closes its channel: use a
-        // channel of its own.
-        let ch = self.inner.conn.create_channel().await.map_err(backend)?;
-        let options = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
+        let Some(waiting) = self
+            .inner
+            .passive_count(&self.inner.name("group", key, Some(group)))
+            .await?
+        else {
+            return Ok(None);
         };
-        let r = ch
-            .queue_declare(queue.as_str().into(), options, Default::default())
-            .await;
-        let _ = ch.close(200, "lag".into()).await;
-        Ok(r.ok().map(|q| u64::from(q.message_count())))
+        // A group still replaying the stream has no `ready` marker yet: what
+        // it has left of the replay is not in its queue, so it counts as at
+        // least one more (never 0 before the replay is done).
+        let replayed = self
+            .inner
+            .passive_count(&self.inner.name("ready", key, Some(group)))
+            .await?
+            .is_some_and(|n| n > 0);
+        Ok(Some(waiting + u64::from(!replayed)))
+    }
+
+    async fn stream_stats(&self, domain: &str) -> Result<Option<StreamStats>, BrokerError> {
+        // RabbitMQ lists queues only through its management API: the groups
+        // are not known here.
+        let count = self
+            .inner
+            .passive_count(&self.inner.name("stream", domain, None))
+            .await?;
+        Ok(count.map(|messages| StreamStats {
+            messages,
+            last_sequence: None,
+            groups: None,
+        }))
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

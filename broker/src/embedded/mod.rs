@@ -28,7 +28,7 @@ pub use store::Durability;
 use crate::delivery::PumpHandle;
 use crate::{
     Acker, Broker, BrokerError, BrokerKind, Delivery, InboundMessage, OutboundMessage, PublishAck,
-    Requests, SubscribeOptions, Subscription, subject,
+    Requests, StreamStats, SubscribeOptions, Subscription, subject,
 };
 use group::Group;
 use store::Store;
@@ -114,9 +114,29 @@ impl Broker for EmbeddedBroker {
             .lock_groups()
             .get(&(stream.clone(), group.to_owned()))
             .cloned();
-        let Some(g) = g else { return Ok(None) };
         let last = self.store.last_seq(&stream).await?;
-        Ok(Some(last.saturating_sub(g.settled())))
+        match g {
+            Some(g) => Ok(Some(last.saturating_sub(g.settled()))),
+            // A group of another process: its stored ack floor.
+            None => Ok(self
+                .store
+                .groups(&stream)
+                .await?
+                .into_iter()
+                .find(|(name, _)| name == group)
+                .map(|(_, floor)| last.saturating_sub(floor))),
+        }
+    }
+
+    async fn stream_stats(&self, domain: &str) -> Result<Option<StreamStats>, BrokerError> {
+        let last_sequence = self.store.last_seq(domain).await?;
+        let messages = self.store.count(domain).await?;
+        let groups = self.store.groups(domain).await?;
+        Ok(Some(StreamStats {
+            messages,
+            last_sequence: Some(last_sequence),
+            groups: Some(groups.into_iter().map(|(n, _)| n).collect()),
+        }))
     }
 
     fn kind(&self) -> BrokerKind {

@@ -190,6 +190,30 @@ impl Store {
         Ok(row.map_or(0, |r| r.0.max(0) as u64))
     }
 
+    /// How many messages `stream` holds.
+    pub(crate) async fn count(&self, stream: &str) -> Result<u64, BrokerError> {
+        let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE stream = ?")
+            .bind(stream)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(row.0.max(0) as u64)
+    }
+
+    /// The groups of `stream` with their ack floors, by name.
+    pub(crate) async fn groups(&self, stream: &str) -> Result<Vec<(String, u64)>, BrokerError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, ack_floor FROM groups WHERE stream = ? ORDER BY name")
+                .bind(stream)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(storage)?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, f)| (n, f.max(0) as u64))
+            .collect())
+    }
+
     /// Up to `limit` messages of `stream` from `from` (inclusive), in order.
     pub(crate) async fn read_from(
         &self,
@@ -396,11 +420,7 @@ async fn writer_loop(
 /// The de-duplication id of a message: `ce-id`, or for dead letters one that
 /// also names the group.
 fn msg_id(m: &OutboundMessage) -> Option<String> {
-    if m.headers.get(dead_letter::GROUP).is_some() {
-        dead_letter::dedup_id(m)
-    } else {
-        m.id().map(str::to_owned)
-    }
+    dead_letter::dedup_key(&m.headers)
 }
 
 async fn last_seqs(

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 
 use crate::{
     Broker, BrokerError, BrokerKind, InboundMessage, OutboundMessage, PublishAck, Requests,
-    SubscribeOptions, Subscription, subject,
+    StreamStats, SubscribeOptions, Subscription, subject,
 };
 
 /// Options of the NATS backend.
@@ -183,6 +183,28 @@ impl Broker for NatsBroker {
             Ok(info) => Ok(Some(info.num_pending + info.num_ack_pending as u64)),
             Err(_) => Ok(None),
         }
+    }
+
+    async fn stream_stats(&self, domain: &str) -> Result<Option<StreamStats>, BrokerError> {
+        use futures::TryStreamExt;
+        let Ok(mut stream) = self.js.get_stream(stream_name(domain)).await else {
+            return Ok(None);
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| BrokerError::Backend(e.to_string()))?;
+        let (messages, last_sequence) = (info.state.messages, info.state.last_sequence);
+        let groups: Vec<String> = stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| BrokerError::Backend(e.to_string()))?;
+        Ok(Some(StreamStats {
+            messages,
+            last_sequence: Some(last_sequence),
+            groups: Some(groups),
+        }))
     }
 
     async fn health(&self) -> Result<(), BrokerError> {

@@ -12,12 +12,7 @@ pub(super) fn headers(message: &OutboundMessage) -> HeaderMap {
     for (k, v) in message.headers.iter() {
         h.insert(k, v);
     }
-    let id = if message.headers.get(dead_letter::GROUP).is_some() {
-        dead_letter::dedup_id(message)
-    } else {
-        message.id().map(str::to_owned)
-    };
-    if let Some(id) = id {
+    if let Some(id) = dead_letter::dedup_key(&message.headers) {
         h.insert("Nats-Msg-Id", id);
     }
     h

@@ -1,14 +1,22 @@
-//! The operator commands (`publish`, `tail`) and what they share: the broker
-//! they talk to (`--broker URL`, default the embedded log of a local
-//! `sluice up`) and how they print (`--output pretty|json`).
+//! The operator commands (`publish`, `tail`, `export`, `import`, `replay`,
+//! `dlq`, `stats`) and what they share: the broker they talk to (`--broker
+//! URL`, default the embedded log of a local `sluice up`), how they print
+//! (`--output pretty|json`), times given as RFC 3339 or "a duration ago",
+//! and progress bars.
 
+pub(crate) mod dlq;
+pub(crate) mod log;
 pub(crate) mod publish;
+pub(crate) mod replay;
+pub(crate) mod stats;
 pub(crate) mod tail;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use sluice_broker::Broker;
 use sluice_broker::amqp::{AmqpBroker, AmqpOptions};
 
@@ -25,7 +33,8 @@ pub(crate) struct BrokerArg {
         long = "broker",
         value_name = "URL",
         default_value = DEFAULT_BROKER,
-        env = "SLUICE_BROKER__URL"
+        env = "SLUICE_BROKER__URL",
+        global = true
     )]
     pub(crate) url: String,
 }
@@ -100,6 +109,50 @@ pub(crate) fn print_line(out: &mut impl Write, line: &str) -> anyhow::Result<boo
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(e).context("writing to standard output"),
     }
+}
+
+/// A point in time from the command line: RFC 3339 (`2026-11-26T10:00:00Z`)
+/// or a duration ago (`90s`, `10m`, `2h`, `1d`).
+pub(crate) fn parse_when(text: &str) -> Result<SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{text} ago is before 1970"));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!("{text:?} is neither RFC 3339 (2026-11-26T10:00:00Z) nor a duration (10m)")
+    })
+}
+
+/// `at` as a protobuf timestamp.
+pub(crate) fn timestamp(at: SystemTime) -> prost_types::Timestamp {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A progress bar of events on stderr (a spinner when the total is not
+/// known), hidden when stderr is not a terminal.
+pub(crate) fn progress_bar(total: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total),
+            "{bar:40} {pos}/{len} events, {per_sec}, eta {eta}",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {pos} events, {per_sec}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 #[cfg(test)]

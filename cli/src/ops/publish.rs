@@ -5,18 +5,17 @@
 //! nothing; lines are then published in pipelined batches, and a broker
 //! failure stops after the failing batch with how many were published.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sluice_broker::{Broker, OutboundMessage};
 use sluice_proto::{Envelope, Registry};
 
-use super::{BrokerArg, Output, print_line};
+use super::{BrokerArg, Output, print_line, progress_bar};
 
 /// The `ce-source` of events published from the command line.
 const SOURCE: &str = "/sluice/cli";
@@ -157,7 +156,7 @@ async fn publish_many(
     events: Vec<Encoded>,
 ) -> anyhow::Result<()> {
     let total = events.len();
-    let progress = progress_bar(total as u64);
+    let progress = progress_bar(Some(total as u64));
     let started = Instant::now();
     let mut published = 0usize;
     let mut failed = 0usize;
@@ -233,18 +232,4 @@ async fn publish_many(
         );
     }
     Ok(())
-}
-
-/// A progress bar on stderr, hidden when stderr is not a terminal.
-fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} events, {per_sec}, eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar
 }

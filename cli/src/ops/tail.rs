@@ -119,7 +119,7 @@ async fn follow(
 
 /// The event as text: its headers and its payload decoded by `ce-type`, or
 /// the reason it does not decode and the raw payload in base64.
-fn render(registry: &Registry, message: &InboundMessage, output: Output) -> String {
+pub(crate) fn render(registry: &Registry, message: &InboundMessage, output: Output) -> String {
     let decoded = match message.headers.get(CE_TYPE) {
         Some(event_type) => registry
             .to_json(event_type, &message.payload)

@@ -1,6 +1,8 @@
 //! `sluice publish` and `sluice tail` on every broker backend, driven as a
 //! user drives them: by broker URL, from separate processes.
 
+mod log;
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -177,29 +179,59 @@ fn publish_then_tail_on_nats() {
     publish_then_tail(&server.url(), &unique("cli"));
 }
 
-#[test]
-fn publish_then_tail_on_rabbitmq() {
+/// Runs `f(url, domain)` with a CLI URL naming an exchange of its own;
+/// the test's own connection declares it and, at the end, removes the
+/// domain's queues, the other domains `f` returns, and the exchange.
+fn with_rabbitmq(f: impl FnOnce(&str, &str) -> Vec<String> + std::panic::UnwindSafe) {
     let exchange = unique("sluice-test-");
     let domain = unique("cli");
     let url = amqp_url();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // The test's own connection declares the exchange and, at the end,
-    // removes the domain's queues and the exchange; the CLI joins it by URL.
     let admin = rt.block_on(async {
         AmqpBroker::connect(&url, AmqpOptions::for_tests(&exchange))
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ at {url} is required (run scripts/test.sh): {e}"))
     });
     let cli_url = format!("{url}?exchange={exchange}");
-    let result = std::panic::catch_unwind(|| publish_then_tail(&cli_url, &domain));
+    let result = std::panic::catch_unwind(|| f(&cli_url, &domain));
+    let others = result.as_ref().map(Clone::clone).unwrap_or_default();
     rt.block_on(async {
         admin.delete_domain(&domain).await.unwrap();
+        for other in others {
+            admin.delete_domain(&other).await.unwrap();
+        }
         admin.delete_topology().await.unwrap();
         admin.close().await;
     });
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Connects as the CLI does (an AMQP URL may name its exchange).
+async fn connect(url: &str) -> std::sync::Arc<dyn Broker> {
+    match url.split_once("?exchange=") {
+        Some((plain, exchange)) => std::sync::Arc::new(
+            AmqpBroker::connect(
+                plain,
+                AmqpOptions {
+                    exchange: exchange.to_owned(),
+                    ..AmqpOptions::default()
+                },
+            )
+            .await
+            .unwrap(),
+        ),
+        None => sluice_broker::connect(url).await.unwrap(),
+    }
+}
+
+#[test]
+fn publish_then_tail_on_rabbitmq() {
+    with_rabbitmq(|url, domain| {
+        publish_then_tail(url, domain);
+        Vec::new()
+    });
 }
 
 #[test]

@@ -36,6 +36,7 @@ pub mod migration;
 pub mod openapi;
 pub mod problem;
 mod project;
+pub mod replay;
 pub mod tables;
 
 use std::net::SocketAddr;

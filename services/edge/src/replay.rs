@@ -1,0 +1,664 @@
+//! Rebuilding a read model from the log without downtime.
+//!
+//! [`replay`] builds the projection into a *shadow* — a SQLite file beside
+//! the live one, or a schema of its own in the same PostgreSQL database —
+//! under a consumer group of its own, until it has caught up with the log.
+//! Then, in one transaction of the live database, it swaps the rows in:
+//! the live tables get the shadow's rows, the live projection's inbox gets
+//! the ids of every event the shadow applied (so the live consumer, which
+//! kept running, skips what the new rows already contain), and its
+//! checkpoint the shadow's. Readers see the old model or the new one,
+//! never a mix; the live projection's writes wait for the swap.
+//!
+//! Before swapping, the transaction checks that every event the live
+//! projection applied since the replay began is in the shadow too; if the
+//! live one got ahead, the shadow catches up again and the swap is retried.
+//!
+//! The digest ([`digest`]) is a SHA-256 over the model's rows in key order,
+//! of the columns the events determine: an order's `created_at` and
+//! `version` are left out (the edge writes them for orders it takes before
+//! the events exist).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+use sluice_broker::{Broker, StartPosition};
+use sluice_kit::{KitConfig, Service};
+
+use crate::{Subjects, cache, migration};
+
+/// A column of a read-model table, as the digest reads it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Bool,
+}
+
+/// A table of a projection: its name, key and digested columns.
+struct Table {
+    name: &'static str,
+    key: &'static str,
+    columns: &'static [(&'static str, Kind)],
+}
+
+const ORDERS: Table = Table {
+    name: "orders",
+    key: "id",
+    columns: &[
+        ("id", Kind::Text),
+        ("customer_id", Kind::Text),
+        ("status", Kind::Text),
+        ("step", Kind::Text),
+        ("items", Kind::Text),
+        ("total_cents", Kind::Int),
+        ("currency", Kind::Text),
+        ("reason", Kind::Text),
+        ("updated_at", Kind::Int),
+    ],
+};
+
+const PRODUCTS: Table = Table {
+    name: "products",
+    key: "id",
+    columns: &[
+        ("id", Kind::Text),
+        ("sku", Kind::Text),
+        ("name", Kind::Text),
+        ("price_cents", Kind::Int),
+        ("currency", Kind::Text),
+        ("stock", Kind::Int),
+        ("updated_at", Kind::Int),
+    ],
+};
+
+const PRODUCT_IMAGES: Table = Table {
+    name: "product_images",
+    key: "image_id",
+    columns: &[
+        ("image_id", Kind::Text),
+        ("product_id", Kind::Text),
+        ("key", Kind::Text),
+        ("content_type", Kind::Text),
+        ("width", Kind::Int),
+        ("height", Kind::Int),
+        ("size_bytes", Kind::Int),
+        ("thumbnails", Kind::Text),
+        ("status", Kind::Text),
+        ("created_at", Kind::Int),
+    ],
+};
+
+const API_KEYS: Table = Table {
+    name: "api_keys",
+    key: "key_id",
+    columns: &[
+        ("key_id", Kind::Text),
+        ("account_id", Kind::Text),
+        ("scopes", Kind::Text),
+        ("key_hash", Kind::Text),
+        ("revoked", Kind::Bool),
+    ],
+};
+
+/// The tables of projection `name`, parents first.
+fn tables(name: &str) -> Result<&'static [Table], ReplayError> {
+    const P: &[Table] = &[PRODUCTS, PRODUCT_IMAGES];
+    const O: &[Table] = &[ORDERS];
+    const K: &[Table] = &[API_KEYS];
+    match name {
+        "edge-products" => Ok(P),
+        "edge-orders" => Ok(O),
+        "edge-apikeys" => Ok(K),
+        other => Err(ReplayError::Unknown(other.to_owned())),
+    }
+}
+
+/// The projection's full name: `orders` is `edge-orders`.
+pub fn projection_name(name: &str) -> String {
+    if name.starts_with("edge-") {
+        name.to_owned()
+    } else {
+        format!("edge-{name}")
+    }
+}
+
+/// Why a replay failed (the live model is then unchanged).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// No projection of the edge has that name.
+    #[error("the edge has no projection {0:?} (it has {list})", list = crate::PROJECTIONS.join(", "))]
+    Unknown(String),
+    /// A database failed.
+    #[error("{what}: {source}")]
+    Db {
+        /// What was being done.
+        what: &'static str,
+        /// The database's error.
+        source: sea_orm::DbErr,
+    },
+    /// The shadow's consumer could not run.
+    #[error("the shadow projection could not run: {0}")]
+    Consumer(String),
+    /// The broker failed.
+    #[error("the broker failed: {0}")]
+    Broker(#[from] sluice_broker::BrokerError),
+    /// The live projection kept getting ahead of the shadow.
+    #[error("the live projection stayed ahead of the shadow after {0} attempts; try again")]
+    Overtaken(u32),
+    /// The shadow's file could not be handled.
+    #[error("the shadow database {path}: {reason}")]
+    Shadow {
+        /// Its path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn db(what: &'static str) -> impl FnOnce(sea_orm::DbErr) -> ReplayError {
+    move |source| ReplayError::Db { what, source }
+}
+
+/// How to replay.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayOptions {
+    /// Where the shadow's consumer group starts.
+    pub start: StartPosition,
+    /// Check before the swap that the shadow holds every event the live
+    /// projection applied meanwhile (off when replaying a file, whose
+    /// events are not the live log's).
+    pub check_live: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayReport {
+    /// The projection.
+    pub projection: String,
+    /// Events the shadow applied.
+    pub events: i64,
+    /// Rows of the rebuilt model (all its tables).
+    pub rows: u64,
+    /// The digest of the live model just before the swap.
+    pub digest_before: String,
+    /// The digest of the rebuilt model (now live).
+    pub digest: String,
+    /// Seconds spent building the shadow until it caught up.
+    pub build_seconds: f64,
+    /// Seconds the swap's transaction took.
+    pub swap_seconds: f64,
+    /// Swap attempts (more than one when the live projection got ahead).
+    pub attempts: u32,
+}
+
+/// The shadow database and how the live connection names it.
+struct Shadow {
+    db: DatabaseConnection,
+    /// The schema name in SQL on the live connection (`replay`, `"replay_…"`).
+    schema: String,
+    /// A SQLite shadow's file, removed afterwards.
+    file: Option<String>,
+}
+
+/// Rebuilds projection `name` of the edge whose database is `live` (opened
+/// with [`sluice_kit::db::open`]; a SQLite one must have a connection of its
+/// own, as the shadow is attached to it) from `broker`, and swaps it in.
+/// `progress` is called with the number of events applied so far.
+///
+/// # Errors
+/// See [`ReplayError`]; the live model is unchanged on every error.
+pub async fn replay(
+    broker: Arc<dyn Broker>,
+    live: &DatabaseConnection,
+    config: &KitConfig,
+    subjects: &Subjects,
+    name: &str,
+    options: ReplayOptions,
+    progress: &(dyn Fn(i64) + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let tables = tables(name)?;
+    migration::Migrator::up(live, None)
+        .await
+        .map_err(db("migrating the live database"))?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let shadow_name = format!("{name}-replay-{}", &id[id.len() - 12..]);
+    let shadow = Shadow::create(live, &id).await?;
+    let result = build_and_swap(
+        &broker,
+        live,
+        &shadow,
+        config,
+        subjects,
+        (name, &shadow_name, tables),
+        options,
+        progress,
+    )
+    .await;
+    let filters = shadow_filters(subjects, config, name)?;
+    for filter in filters {
+        if let Err(e) = broker.delete_group(&filter, &shadow_name).await {
+            tracing::warn!(error = %e, group = shadow_name, "could not delete the replay's consumer group");
+        }
+    }
+    shadow.drop_from(live).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_and_swap(
+    broker: &Arc<dyn Broker>,
+    live: &DatabaseConnection,
+    shadow: &Shadow,
+    config: &KitConfig,
+    subjects: &Subjects,
+    (name, shadow_name, tables): (&str, &str, &[Table]),
+    options: ReplayOptions,
+    progress: &(dyn Fn(i64) + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let began = sluice_kit::db::now_micros();
+    let started = Instant::now();
+    let filters = shadow_filters(subjects, config, name)?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let running = shadow_service(
+            broker,
+            shadow,
+            config,
+            subjects,
+            name,
+            shadow_name,
+            options.start,
+        )?
+        .start()
+        .await
+        .map_err(|e| ReplayError::Consumer(e.to_string()))?;
+        let caught_up = catch_up(&**broker, &shadow.db, &filters, shadow_name, progress).await;
+        running.stop().await;
+        caught_up?;
+        let build_seconds = started.elapsed().as_secs_f64();
+        let swap_started = Instant::now();
+        match swap(
+            live,
+            shadow,
+            tables,
+            name,
+            shadow_name,
+            options.check_live.then_some(began),
+        )
+        .await?
+        {
+            Some((digest_before, digest, rows, events)) => {
+                progress(events);
+                return Ok(ReplayReport {
+                    projection: name.to_owned(),
+                    events,
+                    rows,
+                    digest_before,
+                    digest,
+                    build_seconds,
+                    swap_seconds: swap_started.elapsed().as_secs_f64(),
+                    attempts,
+                });
+            }
+            None if attempts >= 10 => return Err(ReplayError::Overtaken(attempts)),
+            None => tracing::info!(attempts, "the live projection got ahead; catching up again"),
+        }
+    }
+}
+
+fn shadow_filters(
+    subjects: &Subjects,
+    config: &KitConfig,
+    name: &str,
+) -> Result<Vec<String>, ReplayError> {
+    Ok(match name {
+        "edge-products" => crate::products_projection(subjects, config).filters(),
+        "edge-orders" => crate::orders_projection(subjects, config, unused_cache()).filters(),
+        "edge-apikeys" => crate::api_keys_projection(subjects, config).filters(),
+        other => return Err(ReplayError::Unknown(other.to_owned())),
+    })
+}
+
+fn unused_cache() -> crate::project::OrdersState {
+    Arc::new(cache::RowCache::new(Duration::ZERO, 1))
+}
+
+/// A service running only projection `name`, renamed, into the shadow.
+fn shadow_service(
+    broker: &Arc<dyn Broker>,
+    shadow: &Shadow,
+    config: &KitConfig,
+    subjects: &Subjects,
+    name: &str,
+    shadow_name: &str,
+    start: StartPosition,
+) -> Result<Service, ReplayError> {
+    let service = Service::new("edge-replay", broker.clone(), shadow.db.clone())
+        .relay(None)
+        .inbox_retention(None);
+    Ok(match name {
+        "edge-products" => service.projection(
+            crate::products_projection(subjects, config)
+                .renamed(shadow_name)
+                .start_at(start),
+        ),
+        "edge-orders" => service.projection(
+            crate::orders_projection(subjects, config, unused_cache())
+                .renamed(shadow_name)
+                .start_at(start),
+        ),
+        "edge-apikeys" => service.projection(
+            crate::api_keys_projection(subjects, config)
+                .renamed(shadow_name)
+                .start_at(start),
+        ),
+        other => return Err(ReplayError::Unknown(other.to_owned())),
+    })
+}
+
+/// Waits until the shadow's group has nothing left on every filter.
+async fn catch_up(
+    broker: &dyn Broker,
+    shadow: &DatabaseConnection,
+    filters: &[String],
+    shadow_name: &str,
+    progress: &(dyn Fn(i64) + Sync),
+) -> Result<(), ReplayError> {
+    loop {
+        let mut done = true;
+        for f in filters {
+            if broker.lag(f, shadow_name).await? != Some(0) {
+                done = false;
+                break;
+            }
+        }
+        if let Ok(Some(c)) = sluice_kit::router::checkpoint(shadow, shadow_name).await {
+            progress(c.events);
+        }
+        if done {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The swap, in one transaction of the live database. `None` when the live
+/// projection applied an event since `check_since` that the shadow lacks.
+async fn swap(
+    live: &DatabaseConnection,
+    shadow: &Shadow,
+    tables: &[Table],
+    name: &str,
+    shadow_name: &str,
+    check_since: Option<i64>,
+) -> Result<Option<(String, String, u64, i64)>, ReplayError> {
+    let backend = live.get_database_backend();
+    let l = live_schema(live).await?;
+    let s = &shadow.schema;
+    let stmt = |sql: String, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(backend, sql, values)
+    };
+    let txn = live.begin().await.map_err(db("starting the swap"))?;
+    // Take the write lock first: the live projection's writes wait for the
+    // swap (readers do not).
+    let lock = match backend {
+        DbBackend::Postgres => {
+            let mut names = vec![
+                format!("{l}.sluice_inbox"),
+                format!("{l}.sluice_checkpoint"),
+            ];
+            names.extend(tables.iter().map(|t| format!("{l}.{}", t.name)));
+            format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.join(", "))
+        }
+        _ => format!("DELETE FROM {l}.sluice_checkpoint WHERE 1 = 0"),
+    };
+    txn.execute_unprepared(&lock)
+        .await
+        .map_err(db("locking the live tables"))?;
+    if let Some(since) = check_since {
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {l}.sluice_inbox li WHERE li.consumer = $1 AND li.handled_at >= $2 \
+             AND NOT EXISTS (SELECT 1 FROM {s}.sluice_inbox si WHERE si.consumer = $3 AND si.event_id = li.event_id)"
+        );
+        let ahead = count(
+            &txn,
+            stmt(sql, vec![name.into(), since.into(), shadow_name.into()]),
+        )
+        .await?;
+        if ahead > 0 {
+            txn.rollback().await.map_err(db("rolling back the swap"))?;
+            return Ok(None);
+        }
+    }
+    let before = digest_in(&txn, &l, tables).await?;
+    for t in tables.iter().rev() {
+        txn.execute_unprepared(&format!("DELETE FROM {l}.{}", t.name))
+            .await
+            .map_err(db("emptying the live tables"))?;
+    }
+    let mut rows = 0;
+    for t in tables {
+        rows += txn
+            .execute_unprepared(&format!(
+                "INSERT INTO {l}.{0} SELECT * FROM {s}.{0}",
+                t.name
+            ))
+            .await
+            .map_err(db("copying the rebuilt rows"))?
+            .rows_affected();
+    }
+    txn.execute_raw(stmt(
+        format!(
+            "INSERT INTO {l}.sluice_inbox (consumer, event_id, handled_at) \
+             SELECT $1, event_id, handled_at FROM {s}.sluice_inbox WHERE consumer = $2 \
+             ON CONFLICT DO NOTHING"
+        ),
+        vec![name.into(), shadow_name.into()],
+    ))
+    .await
+    .map_err(db("recording the applied events in the live inbox"))?;
+    let events = match sluice_kit::router::checkpoint(&shadow.db, shadow_name)
+        .await
+        .map_err(db("reading the shadow's checkpoint"))?
+    {
+        Some(c) => {
+            txn.execute_raw(stmt(
+                format!(
+                    "INSERT INTO {l}.sluice_checkpoint (consumer, position, events, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, events = excluded.events, updated_at = excluded.updated_at"
+                ),
+                vec![name.into(), c.position.into(), c.events.into(), sluice_kit::db::now_micros().into()],
+            ))
+            .await
+            .map_err(db("setting the live checkpoint"))?;
+            c.events
+        }
+        None => 0,
+    };
+    let after = digest_in(&txn, &l, tables).await?;
+    txn.commit().await.map_err(db("committing the swap"))?;
+    Ok(Some((before, after, rows, events)))
+}
+
+async fn count(conn: &impl ConnectionTrait, statement: Statement) -> Result<i64, ReplayError> {
+    let row = conn
+        .query_one_raw(statement)
+        .await
+        .map_err(db("counting"))?;
+    Ok(row
+        .and_then(|r| r.try_get::<i64>("", "n").ok())
+        .unwrap_or(0))
+}
+
+/// How the live connection names its own schema in SQL.
+async fn live_schema(live: &DatabaseConnection) -> Result<String, ReplayError> {
+    match live.get_database_backend() {
+        DbBackend::Postgres => {
+            let row = live
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT current_schema() AS s",
+                ))
+                .await
+                .map_err(db("reading the live schema"))?;
+            let schema = row
+                .and_then(|r| r.try_get::<String>("", "s").ok())
+                .unwrap_or_else(|| "public".to_owned());
+            Ok(quote(&schema))
+        }
+        _ => Ok("main".to_owned()),
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The digest of projection `name`'s model in `db` (see the module docs).
+///
+/// # Errors
+/// An unknown projection, or the database failed.
+pub async fn digest(db: &DatabaseConnection, name: &str) -> Result<String, ReplayError> {
+    let tables = tables(name)?;
+    let schema = live_schema(db).await?;
+    digest_in(db, &schema, tables).await
+}
+
+async fn digest_in(
+    conn: &impl ConnectionTrait,
+    schema: &str,
+    tables: &[Table],
+) -> Result<String, ReplayError> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for t in tables {
+        let columns: Vec<&str> = t.columns.iter().map(|(c, _)| *c).collect();
+        let sql = format!(
+            "SELECT {} FROM {schema}.{} ORDER BY {}",
+            columns.join(", "),
+            t.name,
+            t.key
+        );
+        let rows = conn
+            .query_all_raw(Statement::from_string(conn.get_database_backend(), sql))
+            .await
+            .map_err(db("reading the rows to digest"))?;
+        ctx.update(t.name.as_bytes());
+        ctx.update(b"\n");
+        for row in rows {
+            for (c, kind) in t.columns {
+                let value = match kind {
+                    Kind::Text => row.try_get::<String>("", c),
+                    Kind::Int => row.try_get::<i64>("", c).map(|v| v.to_string()),
+                    Kind::Bool => row.try_get::<bool>("", c).map(|v| v.to_string()),
+                }
+                .map_err(db("reading the rows to digest"))?;
+                ctx.update(value.as_bytes());
+                ctx.update(b"\x1f");
+            }
+            ctx.update(b"\x1e");
+        }
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl Shadow {
+    /// An empty database with the edge's schema, beside `live`.
+    async fn create(live: &DatabaseConnection, id: &str) -> Result<Self, ReplayError> {
+        match live.get_database_backend() {
+            DbBackend::Postgres => {
+                let schema = format!("replay_{id}");
+                live.execute_unprepared(&format!("CREATE SCHEMA {}", quote(&schema)))
+                    .await
+                    .map_err(db("creating the shadow schema"))?;
+                let options = (*live.get_postgres_connection_pool().connect_options())
+                    .clone()
+                    .options([("search_path", schema.as_str())]);
+                let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| ReplayError::Db {
+                        what: "connecting to the shadow schema",
+                        source: sea_orm::DbErr::Custom(e.to_string()),
+                    })?;
+                let conn = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+                let shadow = Self {
+                    db: conn,
+                    schema: quote(&schema),
+                    file: None,
+                };
+                shadow.migrate().await?;
+                Ok(shadow)
+            }
+            _ => {
+                let options = live.get_sqlite_connection_pool().connect_options();
+                let live_file = options.get_filename().to_string_lossy().into_owned();
+                if live_file == ":memory:" || live_file.starts_with("file:sqlx-in-memory") {
+                    return Err(ReplayError::Shadow {
+                        path: live_file,
+                        reason: "an in-memory database cannot be replayed beside".into(),
+                    });
+                }
+                let path = format!("{live_file}.replay-{id}");
+                let conn = sluice_kit::db::open(&format!("sqlite:{path}?mode=rwc"), 1)
+                    .await
+                    .map_err(|e| ReplayError::Shadow {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let shadow = Self {
+                    db: conn,
+                    schema: "replay".to_owned(),
+                    file: Some(path.clone()),
+                };
+                shadow.migrate().await?;
+                live.execute_unprepared(&format!(
+                    "ATTACH DATABASE '{}' AS replay",
+                    path.replace('\'', "''")
+                ))
+                .await
+                .map_err(db("attaching the shadow database"))?;
+                Ok(shadow)
+            }
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), ReplayError> {
+        sluice_kit::db::KitMigrator::up(&self.db, None)
+            .await
+            .map_err(db("creating the shadow's kit tables"))?;
+        migration::Migrator::up(&self.db, None)
+            .await
+            .map_err(db("creating the shadow's tables"))
+    }
+
+    /// Removes the shadow (best effort: a failure is logged).
+    async fn drop_from(self, live: &DatabaseConnection) {
+        self.db.close_by_ref().await.ok();
+        let result = match &self.file {
+            Some(path) => {
+                let detached = live.execute_unprepared("DETACH DATABASE replay").await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+                detached.map(|_| ())
+            }
+            None => live
+                .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not remove the replay's shadow database");
+        }
+    }
+}
