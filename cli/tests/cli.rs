@@ -250,3 +250,132 @@ fn serve_runs_one_service_against_the_given_broker_and_database() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("broker"), "{stderr}");
 }
+
+fn run_ok(args: &[&str]) -> serde_json::Value {
+    let out = sluice().args(args).env("RUST_LOG", "off").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
+/// `sluice replay orders` beside a running `sluice up`: the rebuilt model's
+/// digest is the live one's; the same from an exported file.
+#[test]
+fn replay_rebuilds_the_orders_of_a_running_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = sluice()
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::read(child.stderr.take().unwrap());
+    lines.wait_for("/healthz", Duration::from_secs(60));
+    let broker = format!("embedded:{}", dir.path().join("broker.db").display());
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("edge.db").display());
+    let jsonl = dir.path().join("cancelled.jsonl");
+    let events: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                r#"{{"orderId":"r{i}","customerId":"c{}","reason":"test {i}"}}"#,
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(&jsonl, events.join("\n")).unwrap();
+    let published = run_ok(&[
+        "publish",
+        "orders.order.cancelled",
+        "--type",
+        "shop.orders.v1.OrderCancelled",
+        "--file",
+        &jsonl.display().to_string(),
+        "--output",
+        "json",
+        "--broker",
+        &broker,
+    ]);
+    assert_eq!(published["published"], 300);
+    // Wait until the live projection has applied them all.
+    let mut lag = None;
+    for _ in 0..60 {
+        let stats = sluice()
+            .args(["stats", "orders", "--interval", "200ms", "--output", "json"])
+            .args(["--group", "edge-orders", "--broker", &broker])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&stats.stdout).into_owned();
+        lag = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["group"] == "edge-orders")
+            .and_then(|v| v["lag"].as_u64());
+        if lag == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(lag, Some(0), "the live projection caught up");
+
+    let report = run_ok(&[
+        "replay",
+        "orders",
+        "--broker",
+        &broker,
+        "--database",
+        &database,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(report["projection"], "edge-orders");
+    assert_eq!(report["rows"], 300, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 300, "{report}");
+    assert_eq!(report["digest"], report["digest_before"], "{report}");
+    assert_eq!(report["changed"], false);
+
+    let file = dir.path().join("orders.sluice").display().to_string();
+    run_ok(&[
+        "export", "orders.>", "-o", &file, "--output", "json", "--broker", &broker,
+    ]);
+    let from_file = run_ok(&[
+        "replay",
+        "--file",
+        &file,
+        "--projection",
+        "orders",
+        "--database",
+        &database,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(from_file["digest"], report["digest"], "{from_file}");
+    assert_eq!(from_file["rows"], 300);
+
+    let out = sluice()
+        .args([
+            "replay",
+            "nothing",
+            "--broker",
+            &broker,
+            "--database",
+            &database,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no projection"));
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}

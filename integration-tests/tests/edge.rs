@@ -802,8 +802,129 @@ async fn read_models_are_rebuilt_from_the_log(b: BrokerBackend, d: DbBackend) {
     shop.cleanup().await;
 }
 
+/// A second connection to the edge's database: a SQLite replay attaches
+/// its shadow to the connection it is given.
+async fn own_connection(db: &sea_orm::DatabaseConnection) -> sea_orm::DatabaseConnection {
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return db.clone();
+    }
+    let file = db
+        .get_sqlite_connection_pool()
+        .connect_options()
+        .get_filename()
+        .display()
+        .to_string();
+    sluice_kit::db::open(&format!("sqlite://{file}?mode=rwc"), 1)
+        .await
+        .unwrap()
+}
+
+async fn read_models_are_replayed_while_the_edge_serves(b: BrokerBackend, d: DbBackend) {
+    use sluice_edge::replay::{ReplayOptions, digest, replay};
+    let shop = Shop::start(b, d).await;
+    let p = shop.product("replay-1", 10).await;
+    let alice = login(&shop, "alice@example.com").await;
+    until(&shop, &format!("/v1/products/{p}"), &alice, |_| true).await;
+    let mut orders = Vec::new();
+    for n in 0..3 {
+        let body = format!(
+            r#"{{"items":[{{"product_id":"{p}","quantity":1}}],"payment_token":"tok_visa"}}"#
+        );
+        let key = format!("replay-{n}");
+        let headers = [
+            ("Authorization", alice.as_str()),
+            ("Idempotency-Key", key.as_str()),
+        ];
+        let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
+            o["status"] == "CONFIRMED"
+        })
+        .await;
+        orders.push(id);
+    }
+    until(&shop, &format!("/v1/products/{p}"), &alice, |p| {
+        p["stock"] == 7
+    })
+    .await;
+    let live = own_connection(shop.db(Svc::Edge)).await;
+    let options = ReplayOptions {
+        start: sluice_broker::StartPosition::Beginning,
+        check_live: true,
+    };
+    let config = sluice_kit::KitConfig::default();
+    for name in ["edge-orders", "edge-products"] {
+        let before = digest(&live, name).await.unwrap();
+        let report = replay(
+            shop.tb.broker.clone(),
+            &live,
+            &config,
+            &shop.edge_subjects(),
+            name,
+            options,
+            &|_| {},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("replay of {name}: {e}"));
+        assert_eq!(
+            report.digest_before, before,
+            "{name}: nothing changed meanwhile"
+        );
+        assert_eq!(
+            report.digest, report.digest_before,
+            "{name}: the rebuilt model is the live one"
+        );
+        assert!(report.events >= 3, "{name}: {report:?}");
+        assert_eq!(digest(&live, name).await.unwrap(), report.digest);
+    }
+    assert_eq!(
+        digest(&live, "edge-orders").await.unwrap().len(),
+        64,
+        "a SHA-256 in hex"
+    );
+    // The edge served throughout and goes on projecting after the swap.
+    for id in &orders {
+        until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
+            o["status"] == "CONFIRMED"
+        })
+        .await;
+    }
+    let body =
+        format!(r#"{{"items":[{{"product_id":"{p}","quantity":2}}],"payment_token":"tok_visa"}}"#);
+    let headers = [
+        ("Authorization", alice.as_str()),
+        ("Idempotency-Key", "replay-after"),
+    ];
+    let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
+        o["status"] == "CONFIRMED"
+    })
+    .await;
+    until(&shop, &format!("/v1/products/{p}"), &alice, |p| {
+        p["stock"] == 5
+    })
+    .await;
+    let unknown = replay(
+        shop.tb.broker.clone(),
+        &live,
+        &config,
+        &shop.edge_subjects(),
+        "edge-nothing",
+        options,
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(unknown.to_string().contains("no projection"), "{unknown}");
+    shop.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
     read_models_are_rebuilt_from_the_log,
+    read_models_are_replayed_while_the_edge_serves,
     images_are_uploaded_listed_and_thumbnailed,
     catalogue_writes_need_an_api_key_with_catalog_write,
     products_are_updated_and_deleted_with_an_api_key,
