@@ -5,7 +5,10 @@
 //! from the start position and acks as it goes; the reading ends when the
 //! broker reports the group's lag as 0 while nothing is buffered (on
 //! RabbitMQ, lag stays above 0 until the replay from the stream queue is
-//! done), or when the caller stops it. The group is deleted afterwards,
+//! done), at the first message stored after the stream's last sequence as
+//! it was when the reading began (where the backend has sequences: a
+//! stream that never stops growing is still read to an end), or when the
+//! caller stops it. The group is deleted afterwards,
 //! also on errors.
 
 use std::time::Duration;
@@ -58,6 +61,10 @@ pub async fn scan<E>(
         .ack_wait(Duration::from_secs(600))
         .max_deliveries(1000);
     options.validate()?;
+    let head = broker
+        .stream_stats(crate::subject::stream_key(filter))
+        .await?
+        .and_then(|s| s.last_sequence);
     let mut subscription = broker.subscribe(options).await?;
     let mut seen = 0u64;
     let mut last_sequence = 0u64;
@@ -74,6 +81,9 @@ pub async fn scan<E>(
             },
         };
         if let Some(seq) = delivery.message.sequence {
+            if head.is_some_and(|h| seq > h) {
+                break Ok(seen);
+            }
             if seq <= last_sequence {
                 let _ = delivery.ack().await;
                 continue;

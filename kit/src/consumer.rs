@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
-use sluice_broker::{Broker, BrokerError, Delivery, StartPosition, SubscribeOptions, Subscription};
+use sluice_broker::{
+    Broker, BrokerError, Delivery, InboundMessage, OutboundMessage, StartPosition,
+    SubscribeOptions, Subscription,
+};
 use sluice_proto::Envelope;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -153,7 +156,7 @@ struct Job {
     envelope: Arc<Envelope>,
     delivery: Delivery,
     key: Arc<str>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// An event a batch handler will get, decoded.
@@ -449,8 +452,10 @@ where
             crate::inbox::record(&**txn, name, jobs.iter().map(|j| j.envelope.id.as_str())).await?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut emitted = Vec::new();
-        // Batch routes: route index -> (job index, decoded item).
-        let mut batches: Vec<(usize, Vec<(usize, Decoded)>)> = Vec::new();
+        // The run of consecutive events of one batch route being gathered:
+        // (route index, [(job index, decoded item)]). It is handled before
+        // any event of another route, so events apply in stream order.
+        let mut run: Option<(usize, Vec<(usize, Decoded)>)> = None;
         for (i, job) in jobs.iter().enumerate() {
             // `remove`: a second delivery of one id within a wave is a duplicate.
             if !fresh.remove(job.envelope.id.as_str()) {
@@ -462,6 +467,12 @@ where
                 outcomes.push(Outcome::Ignored);
                 continue;
             };
+            if run.as_ref().is_some_and(|(route, _)| *route != r)
+                && let Some((route, items)) = run.take()
+            {
+                self.run_batch(txn, jobs, route, items, &mut outcomes, &mut emitted)
+                    .await?;
+            }
             match &self.spec.routes[r].handle {
                 Handle::Single(h) => {
                     let job_ctx = self.job_ctx(txn, job);
@@ -481,10 +492,7 @@ where
                 }
                 Handle::Batch(b) => match b.decode(&job.envelope, message) {
                     Ok(item) => {
-                        match batches.iter_mut().find(|(route, _)| *route == r) {
-                            Some((_, items)) => items.push((i, item)),
-                            None => batches.push((r, vec![(i, item)])),
-                        }
+                        run.get_or_insert_with(|| (r, Vec::new())).1.push((i, item));
                         outcomes.push(Outcome::Handled);
                     }
                     Err(e) => {
@@ -495,36 +503,51 @@ where
                 },
             }
         }
-        for (r, items) in batches {
-            let Handle::Batch(b) = &self.spec.routes[r].handle else {
-                continue;
-            };
-            let (indexes, items): (Vec<usize>, Vec<_>) = items.into_iter().unzip();
-            let Some(first) = indexes.first().map(|i| &jobs[*i]) else {
-                continue;
-            };
-            let job_ctx = self.job_ctx(txn, first);
-            let out = job_ctx.emitted.clone();
-            let started = Instant::now();
-            let fut = b.start(C::from_job(job_ctx), items);
-            let outcome = guard(fut, self.spec.options.handler_timeout)
-                .instrument(self.span(first))
+        if let Some((route, items)) = run.take() {
+            self.run_batch(txn, jobs, route, items, &mut outcomes, &mut emitted)
                 .await?;
-            self.metrics
-                .labels(&first.delivery.message.subject)
-                .observe(started.elapsed());
-            for (k, error) in outcome.failed {
-                let Some(&i) = indexes.get(k) else { continue };
-                crate::inbox::forget(&**txn, name, &jobs[i].envelope.id).await?;
-                outcomes[i] = Outcome::Failed(error);
-            }
-            emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
         }
         crate::outbox::append(&**txn, &emitted).await?;
         if self.projection {
             self.checkpoint(txn, jobs, &outcomes).await?;
         }
         Ok((outcomes, emitted.len()))
+    }
+
+    /// Calls batch route `r`'s handler on `items` (job index, decoded).
+    async fn run_batch(
+        &self,
+        txn: &Arc<DatabaseTransaction>,
+        jobs: &[Job],
+        r: usize,
+        items: Vec<(usize, Decoded)>,
+        outcomes: &mut [Outcome],
+        emitted: &mut Vec<OutboundMessage>,
+    ) -> Result<(), HandlerError> {
+        let Handle::Batch(b) = &self.spec.routes[r].handle else {
+            return Ok(());
+        };
+        let (indexes, items): (Vec<usize>, Vec<_>) = items.into_iter().unzip();
+        let Some(first) = indexes.first().map(|i| &jobs[*i]) else {
+            return Ok(());
+        };
+        let job_ctx = self.job_ctx(txn, first);
+        let out = job_ctx.emitted.clone();
+        let started = Instant::now();
+        let fut = b.start(C::from_job(job_ctx), items);
+        let outcome = guard(fut, self.spec.options.handler_timeout)
+            .instrument(self.span(first))
+            .await?;
+        self.metrics
+            .labels(&first.delivery.message.subject)
+            .observe(started.elapsed());
+        for (k, error) in outcome.failed {
+            let Some(&i) = indexes.get(k) else { continue };
+            crate::inbox::forget(&**txn, &self.spec.name, &jobs[i].envelope.id).await?;
+            outcomes[i] = Outcome::Failed(error);
+        }
+        emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(())
     }
 
     /// Advances the projection's checkpoint by the events it applied.
@@ -631,6 +654,109 @@ async fn guard<T>(
     }
 }
 
+/// Settles nothing: deliveries applied by an [`Applier`] are the caller's
+/// to ack.
+struct NoAck;
+
+#[async_trait::async_trait]
+impl sluice_broker::Acker for NoAck {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn dead_letter(&self, _dl: OutboundMessage) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// What [`Applier::apply`] did with a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Events applied now.
+    pub applied: u64,
+    /// Events applied before (their id was in the inbox) or matching no route.
+    pub unchanged: u64,
+    /// Events left out, each with why: not a valid event, or its handler
+    /// failed permanently (the running consumer dead-letters those).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Applies messages to a projection's tables directly, in the projection's
+/// transactions (inbox, handlers, checkpoint), without a consumer group:
+/// for replays that read the log themselves.
+pub struct Applier<S>(Runtime<S, crate::handler::ProjectionCtx<S>>);
+
+impl<S: Send + Sync + 'static> Applier<S> {
+    pub(crate) fn new(
+        spec: Spec<S, crate::handler::ProjectionCtx<S>>,
+        db: DatabaseConnection,
+    ) -> Self {
+        let metrics = crate::Metrics::new().consumer(&spec.name);
+        Self(Runtime::new(
+            spec,
+            db,
+            "/sluice/replay",
+            None,
+            true,
+            metrics,
+            "replay",
+        ))
+    }
+
+    /// Applies `messages`, in order, in one transaction (each alone if that
+    /// fails, as the consumer does).
+    ///
+    /// # Errors
+    /// A handler failed transiently (e.g. the database): nothing of the
+    /// failing event was applied; retry or give up.
+    pub async fn apply(&self, messages: Vec<InboundMessage>) -> Result<Applied, HandlerError> {
+        let mut done = Applied::default();
+        let group: Arc<str> = Arc::from(self.0.spec.name.as_str());
+        let mut jobs = Vec::with_capacity(messages.len());
+        for message in messages {
+            match Envelope::from_headers(&message.headers) {
+                Ok(envelope) => {
+                    let key: Arc<str> = Arc::from(
+                        envelope
+                            .subject
+                            .as_deref()
+                            .unwrap_or(message.subject.as_str()),
+                    );
+                    jobs.push(Job {
+                        envelope: Arc::new(envelope),
+                        delivery: Delivery::new(message, group.clone(), Box::new(NoAck)),
+                        key,
+                        _permit: None,
+                    });
+                }
+                Err(e) => done.skipped.push((describe(&message), e.to_string())),
+            }
+        }
+        for (job, outcome) in jobs.iter().zip(self.0.process(&jobs).await) {
+            match outcome {
+                Outcome::Handled => done.applied += 1,
+                Outcome::Duplicate | Outcome::Ignored => done.unchanged += 1,
+                Outcome::Failed(HandlerError::Permanent(reason)) => {
+                    done.skipped.push((describe(&job.delivery.message), reason));
+                }
+                Outcome::Failed(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// A message as a log line names it: its id, else its subject and sequence.
+fn describe(m: &InboundMessage) -> String {
+    match (m.id(), m.sequence) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(seq)) => format!("{} #{seq}", m.subject),
+        (None, None) => m.subject.clone(),
+    }
+}
+
 /// Feeds one subscription's deliveries to the scheduler until shutdown;
 /// returns the subscription for closing once in-flight work is done.
 async fn dispatch(
@@ -669,7 +795,7 @@ async fn dispatch(
                     envelope: Arc::new(envelope),
                     delivery,
                     key,
-                    _permit: permit,
+                    _permit: Some(permit),
                 });
             }
         }

@@ -34,7 +34,7 @@ pub mod testing;
 pub mod trace;
 
 pub use config::{ConfigError, KitConfig, Secret, load};
-pub use consumer::{ConsumerError, ConsumerOptions};
+pub use consumer::{Applied, Applier, ConsumerError, ConsumerOptions};
 pub use handler::{BatchOutcome, Ctx, Item, ProjectionCtx, caused_by};
 pub use metrics::Metrics;
 pub use outbox::{Emitter, Relay, RelayOptions};

@@ -118,7 +118,9 @@ macro_rules! builder {
             }
 
             /// Handles events of type `T` on `pattern` in batches of up to
-            /// [`ConsumerOptions::max_wave`] events, in one transaction:
+            /// [`ConsumerOptions::max_wave`] events, in one transaction (a
+            /// batch is a run of consecutive events of this route within a
+            /// wave, so events of different routes still apply in order):
             /// `async fn(ctx, events: Vec<Item<T>>) -> Result<BatchOutcome, HandlerError>`.
             /// An event that does not decode is dead-lettered and left out;
             /// events the outcome marks failed are settled alone; an `Err`
@@ -176,6 +178,14 @@ macro_rules! builder {
             #[must_use]
             pub fn renamed(mut self, name: impl Into<String>) -> Self {
                 self.0.name = name.into();
+                self
+            }
+
+            /// Changes some of the consumer's options in place (the others,
+            /// e.g. a projection's concurrency of 1, stay as they are).
+            #[must_use]
+            pub fn tune(mut self, f: impl FnOnce(&mut ConsumerOptions)) -> Self {
+                f(&mut self.0.options);
                 self
             }
 
@@ -251,6 +261,12 @@ pub enum ResetError {
 }
 
 impl<S: Send + Sync + 'static> Projection<S> {
+    /// This projection as an [`crate::consumer::Applier`] writing into `db`:
+    /// it applies messages a replay reads itself, without a consumer group.
+    pub fn into_applier(self, db: sea_orm::DatabaseConnection) -> crate::consumer::Applier<S> {
+        crate::consumer::Applier::new(self.0, db)
+    }
+
     /// Prepares a rebuild from the beginning of the log: deletes the
     /// projection's consumer groups and forgets its inbox entries and
     /// checkpoint. Empty the read-model tables too (in `reset_tables`'s

@@ -10,6 +10,37 @@ use sluice_broker::{Headers, StartPosition, SubscribeOptions};
 
 use super::{ORDER_PLACED, json_lines, order, sluice, stderr_of};
 
+/// Tests `$check(broker_url, domain)` on the embedded log, on a NATS
+/// server of its own, and on RabbitMQ (an exchange of its own).
+macro_rules! on_every_backend {
+    ($check:ident) => {
+        mod $check {
+            use sluice_broker::testing::{NatsServer, unique};
+
+            #[test]
+            fn on_the_embedded_log() {
+                let dir = tempfile::tempdir().unwrap();
+                let broker = format!("embedded:{}", dir.path().join("broker.db").display());
+                super::$check(&broker, &unique("cli"));
+            }
+
+            #[test]
+            fn on_nats() {
+                let server = NatsServer::start();
+                super::$check(&server.url(), &unique("cli"));
+            }
+
+            #[test]
+            fn on_rabbitmq() {
+                super::super::with_rabbitmq(|url, domain| {
+                    super::$check(url, domain);
+                    Vec::new()
+                });
+            }
+        }
+    };
+}
+
 /// Every message stored on `filter`: subject, headers, payload, in order.
 fn stored(broker: &str, filter: &str) -> Vec<(String, Headers, Vec<u8>)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -306,23 +337,88 @@ fn dead_letters(broker: &str, domain: &str) {
     });
 }
 
-#[test]
-fn dead_letters_on_the_embedded_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = format!("embedded:{}", dir.path().join("broker.db").display());
-    dead_letters(&broker, &unique("cli"));
-}
+on_every_backend!(dead_letters);
 
-#[test]
-fn dead_letters_on_nats() {
-    let server = NatsServer::start();
-    dead_letters(&server.url(), &unique("cli"));
-}
-
-#[test]
-fn dead_letters_on_rabbitmq() {
-    super::with_rabbitmq(|url, domain| {
-        dead_letters(url, domain);
-        Vec::new()
+/// `sluice stats` of a domain with 5 events, a group that acked one and
+/// dead-lettered one: 5 messages, lag 3, 1 dead letter.
+fn stats(broker: &str, domain: &str) {
+    let subject = format!("{domain}.order.placed");
+    let filter = format!("{domain}.>");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(super::connect(broker));
+    // Joined before the events exist (start New): on RabbitMQ a group
+    // starting earlier replays the stream queue, whose rest its lag cannot
+    // count (it reports at least 1 until the replay is done).
+    let options = SubscribeOptions::new("watcher", filter.as_str()).prefetch(1);
+    let mut sub = rt.block_on(b.subscribe(options)).unwrap();
+    for n in 0..5 {
+        run_json(&[
+            "publish",
+            &subject,
+            "--type",
+            ORDER_PLACED,
+            "--json",
+            &order(&format!("s{n}"), 1),
+            "--output",
+            "json",
+            "--broker",
+            broker,
+        ]);
+    }
+    rt.block_on(async {
+        let first = sub.next().await.unwrap().unwrap();
+        first.ack().await.unwrap();
+        let second = sub.next().await.unwrap().unwrap();
+        second.dead_letter("unwanted").await.unwrap();
+        sub.close().await;
+        b.close().await;
+    });
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let out = sluice()
+            .args(["stats", domain, "--group", "watcher", "--interval", "100ms"])
+            .args(["--output", "json", "--broker", broker])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        seen = json_lines(&out.stdout);
+        let lag = seen
+            .iter()
+            .find(|l| l["group"] == "watcher")
+            .map(|l| l["lag"].clone());
+        // RabbitMQ reports a stream queue's count some seconds late.
+        let messages = seen
+            .iter()
+            .find(|l| l.get("group").is_none())
+            .map(|l| l["messages"].clone());
+        if lag == Some(Value::from(3)) && messages == Some(Value::from(5)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stream = seen
+        .iter()
+        .find(|l| l["stream"] == domain && l.get("group").is_none());
+    let stream = stream.unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(stream["messages"], 5, "{seen:?}");
+    assert_eq!(stream["dead_letters"], 1, "{seen:?}");
+    let group = seen.iter().find(|l| l["group"] == "watcher").unwrap();
+    assert_eq!(group["lag"], 3, "{seen:?}");
+    let out = sluice()
+        .args(["stats", domain, "--broker", broker])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.contains("dead letters") && table.contains(domain),
+        "{table}"
+    );
+    rt.block_on(async {
+        let b = super::connect(broker).await;
+        b.delete_group(&filter, "watcher").await.unwrap();
+        b.close().await;
     });
 }
+
+on_every_backend!(stats);

@@ -392,9 +392,9 @@ fn orders_projection(
     let settle = cache.clone();
     Projection::new("edge-orders", cache)
         .after_commit(move || settle.settle())
-        .on(&o.order_placed, project::order_placed)
-        .on(&o.order_confirmed, project::order_confirmed)
-        .on(&o.order_cancelled, project::order_cancelled)
+        .on_batch(&o.order_placed, project::order_placed_batch)
+        .on_batch(&o.order_confirmed, project::order_confirmed_batch)
+        .on_batch(&o.order_cancelled, project::order_cancelled_batch)
         .on(&o.cancellation_requested, project::cancellation_requested)
         .configured(config)
 }

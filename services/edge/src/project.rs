@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
-use sluice_kit::{HandlerError, ProjectionCtx};
+use sluice_kit::{BatchOutcome, HandlerError, Item as Event, ProjectionCtx};
 use sluice_proto::shop::accounts::v1::{ApiKeyCreated, ApiKeyRevoked};
 use sluice_proto::shop::inventory::v1::{
     ProductCreated, ProductDeleted, ProductUpdated, ReservedLine, StockAdjusted, StockReleased,
@@ -33,7 +33,7 @@ pub(crate) struct Item {
 /// When the event happened (µs since the epoch): the read models' times
 /// come from the events, so a rebuild from the log gives the same rows.
 fn at<S>(ctx: &ProjectionCtx<S>) -> i64 {
-    i64::try_from(ctx.envelope().time.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+    micros(ctx.envelope())
 }
 
 fn need_id(id: &str) -> Result<(), HandlerError> {
@@ -249,135 +249,191 @@ pub(crate) async fn stock_released(
 /// transaction changes.
 pub(crate) type OrdersState = std::sync::Arc<crate::cache::RowCache<orders::Model>>;
 
-/// On `OrderPlaced`: the order, priced (created when the edge did not take
-/// it, e.g. during a rebuild).
-pub(crate) async fn order_placed(
+/// µs since the epoch of an event's time.
+fn micros(envelope: &sluice_proto::Envelope) -> i64 {
+    i64::try_from(envelope.time.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Rows per statement: 11 columns each stays well below SQLite's 32,766
+/// bound parameters.
+const RUN: usize = 1000;
+
+/// `items` cut into runs of at most [`RUN`] without a repeated key, in
+/// order: one statement may not change a row twice (PostgreSQL refuses),
+/// and a repeated event must apply after the one before it.
+fn runs<T>(items: Vec<(String, T)>) -> Vec<Vec<(String, T)>> {
+    let mut runs: Vec<Vec<(String, T)>> = Vec::new();
+    let mut keys = std::collections::HashSet::new();
+    for (key, item) in items {
+        if !keys.insert(key.clone()) || keys.len() > RUN || runs.is_empty() {
+            keys.clear();
+            keys.insert(key.clone());
+            runs.push(Vec::new());
+        }
+        if let Some(run) = runs.last_mut() {
+            run.push((key, item));
+        }
+    }
+    runs
+}
+
+/// The items of a batch with an order id, and the outcome failing the others.
+fn with_ids<T>(
+    items: Vec<Event<T>>,
+    id: impl Fn(&T) -> &str,
+) -> (Vec<(String, Event<T>)>, BatchOutcome) {
+    let mut outcome = BatchOutcome::ok();
+    let mut kept = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let key = id(&item.event).to_owned();
+        if key.is_empty() {
+            outcome = outcome.fail(i, HandlerError::Permanent("event without an id".into()));
+        } else {
+            kept.push((key, item));
+        }
+    }
+    (kept, outcome)
+}
+
+/// `OrderPlaced` in batches: one upsert per run of distinct orders, the
+/// same rows as [`order_placed`] one by one.
+pub(crate) async fn order_placed_batch(
     ctx: ProjectionCtx<OrdersState>,
-    o: OrderPlaced,
-) -> Result<(), HandlerError> {
-    need_id(&o.order_id)?;
-    ctx.state().touch(&o.order_id);
-    let items: Vec<Item> = o
-        .lines
-        .iter()
-        .map(|l| Item {
-            product_id: l.product_id.clone(),
-            quantity: i64::from(l.quantity),
-            price_cents: l.price_cents,
-        })
-        .collect();
-    let items = serde_json::to_string(&items).map_err(HandlerError::permanent)?;
-    let now = at(&ctx);
-    orders::Entity::insert(orders::ActiveModel {
-        id: Set(o.order_id),
-        customer_id: Set(o.customer_id),
-        status: Set(sluice_orders::status::PENDING.to_owned()),
-        step: Set("placed".to_owned()),
-        items: Set(items),
-        total_cents: Set(o.total_cents),
-        currency: Set(o.currency),
-        reason: Set(String::new()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        version: Set(1),
-    })
-    .on_conflict(
-        OnConflict::column(orders::Column::Id)
-            .update_columns([
+    items: Vec<Event<OrderPlaced>>,
+) -> Result<BatchOutcome, HandlerError> {
+    let (kept, outcome) = with_ids(items, |o| &o.order_id);
+    for run in runs(kept) {
+        let mut rows = Vec::with_capacity(run.len());
+        for (id, item) in run {
+            ctx.state().touch(&id);
+            let o = item.event;
+            let lines: Vec<Item> = o
+                .lines
+                .iter()
+                .map(|l| Item {
+                    product_id: l.product_id.clone(),
+                    quantity: i64::from(l.quantity),
+                    price_cents: l.price_cents,
+                })
+                .collect();
+            let now = micros(&item.envelope);
+            rows.push(orders::ActiveModel {
+                id: Set(id),
+                customer_id: Set(o.customer_id),
+                status: Set(sluice_orders::status::PENDING.to_owned()),
+                step: Set("placed".to_owned()),
+                items: Set(serde_json::to_string(&lines).map_err(HandlerError::permanent)?),
+                total_cents: Set(o.total_cents),
+                currency: Set(o.currency),
+                reason: Set(String::new()),
+                created_at: Set(now),
+                updated_at: Set(now),
+                version: Set(1),
+            });
+        }
+        orders::Entity::insert_many(rows)
+            .on_conflict(bump_on_conflict([
                 orders::Column::Items,
                 orders::Column::TotalCents,
                 orders::Column::Currency,
                 orders::Column::Step,
                 orders::Column::UpdatedAt,
-            ])
-            .value(
-                orders::Column::Version,
-                Expr::col((orders::Entity, orders::Column::Version)).add(1),
-            )
-            .to_owned(),
-    )
-    .exec_without_returning(ctx.db())
-    .await?;
-    Ok(())
+            ]))
+            .exec_without_returning(ctx.db())
+            .await?;
+    }
+    Ok(outcome)
 }
 
-/// Moves an order to `status` (and `reason`, `step`).
-async fn set_status(
-    ctx: &ProjectionCtx<OrdersState>,
-    id: &str,
-    status: &str,
-    step: &str,
-    reason: Option<&str>,
-) -> Result<u64, HandlerError> {
-    ctx.state().touch(id);
-    let mut update = orders::Entity::update_many()
-        .col_expr(orders::Column::Status, Expr::value(status))
-        .col_expr(orders::Column::Step, Expr::value(step))
-        .col_expr(orders::Column::UpdatedAt, Expr::value(at(ctx)))
-        .col_expr(
+/// On an order that exists: `columns` from the new row, the version bumped.
+fn bump_on_conflict<const N: usize>(columns: [orders::Column; N]) -> OnConflict {
+    OnConflict::column(orders::Column::Id)
+        .update_columns(columns)
+        .value(
             orders::Column::Version,
-            Expr::col(orders::Column::Version).add(1),
-        );
-    if let Some(r) = reason {
-        update = update.col_expr(orders::Column::Reason, Expr::value(r));
-    }
-    Ok(update
-        .filter(orders::Column::Id.eq(id))
-        .exec(ctx.db())
-        .await?
-        .rows_affected)
+            Expr::col((orders::Entity, orders::Column::Version)).add(1),
+        )
+        .to_owned()
 }
 
-/// On `OrderConfirmed`.
-pub(crate) async fn order_confirmed(
+/// `OrderCancelled` in batches: one upsert per run of distinct orders (an
+/// order not seen yet — one refused before it was placed — is created
+/// cancelled).
+pub(crate) async fn order_cancelled_batch(
     ctx: ProjectionCtx<OrdersState>,
-    o: OrderConfirmed,
-) -> Result<(), HandlerError> {
-    set_status(
-        &ctx,
-        &o.order_id,
-        sluice_orders::status::CONFIRMED,
-        "confirmed",
-        None,
-    )
-    .await?;
-    Ok(())
+    items: Vec<Event<OrderCancelled>>,
+) -> Result<BatchOutcome, HandlerError> {
+    let (kept, outcome) = with_ids(items, |o| &o.order_id);
+    for run in runs(kept) {
+        let mut rows = Vec::with_capacity(run.len());
+        for (id, item) in run {
+            ctx.state().touch(&id);
+            let now = micros(&item.envelope);
+            let o = item.event;
+            rows.push(orders::ActiveModel {
+                id: Set(id),
+                customer_id: Set(o.customer_id),
+                status: Set(sluice_orders::status::CANCELLED.to_owned()),
+                step: Set("cancelled".to_owned()),
+                items: Set("[]".to_owned()),
+                total_cents: Set(0),
+                currency: Set(String::new()),
+                reason: Set(o.reason),
+                created_at: Set(now),
+                updated_at: Set(now),
+                version: Set(1),
+            });
+        }
+        orders::Entity::insert_many(rows)
+            .on_conflict(bump_on_conflict([
+                orders::Column::Status,
+                orders::Column::Step,
+                orders::Column::Reason,
+                orders::Column::UpdatedAt,
+            ]))
+            .exec_without_returning(ctx.db())
+            .await?;
+    }
+    Ok(outcome)
 }
 
-/// On `OrderCancelled` (an order refused before it was placed has no row
-/// from `OrderPlaced` in a rebuild: it is created here).
-pub(crate) async fn order_cancelled(
+/// `OrderConfirmed` in batches: one update per run of distinct orders (an
+/// order without a row is left alone).
+pub(crate) async fn order_confirmed_batch(
     ctx: ProjectionCtx<OrdersState>,
-    o: OrderCancelled,
-) -> Result<(), HandlerError> {
-    need_id(&o.order_id)?;
-    let changed = set_status(
-        &ctx,
-        &o.order_id,
-        sluice_orders::status::CANCELLED,
-        "cancelled",
-        Some(&o.reason),
-    )
-    .await?;
-    if changed == 0 {
-        let now = at(&ctx);
-        orders::Entity::insert(orders::ActiveModel {
-            id: Set(o.order_id),
-            customer_id: Set(o.customer_id),
-            status: Set(sluice_orders::status::CANCELLED.to_owned()),
-            step: Set("cancelled".to_owned()),
-            items: Set("[]".to_owned()),
-            total_cents: Set(0),
-            currency: Set(String::new()),
-            reason: Set(o.reason),
-            created_at: Set(now),
-            updated_at: Set(now),
-            version: Set(1),
-        })
-        .exec_without_returning(ctx.db())
-        .await?;
+    items: Vec<Event<OrderConfirmed>>,
+) -> Result<BatchOutcome, HandlerError> {
+    let (kept, outcome) = with_ids(items, |o| &o.order_id);
+    for run in runs(kept) {
+        let mut times = sea_orm::sea_query::CaseStatement::new();
+        let mut ids = Vec::with_capacity(run.len());
+        for (id, item) in &run {
+            ctx.state().touch(id);
+            times = times.case(
+                orders::Column::Id.eq(id.as_str()),
+                Expr::value(micros(&item.envelope)),
+            );
+            ids.push(id.clone());
+        }
+        orders::Entity::update_many()
+            .col_expr(
+                orders::Column::Status,
+                Expr::value(sluice_orders::status::CONFIRMED),
+            )
+            .col_expr(orders::Column::Step, Expr::value("confirmed"))
+            .col_expr(
+                orders::Column::UpdatedAt,
+                times.finally(Expr::col(orders::Column::UpdatedAt)).into(),
+            )
+            .col_expr(
+                orders::Column::Version,
+                Expr::col(orders::Column::Version).add(1),
+            )
+            .filter(orders::Column::Id.is_in(ids))
+            .exec(ctx.db())
+            .await?;
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// On `OrderCancellationRequested`: still pending, with the finer step.
@@ -440,4 +496,26 @@ pub(crate) async fn api_key_revoked(
         .exec(ctx.db())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_at_a_repeated_key_and_keep_the_order() {
+        let items: Vec<(String, u32)> = ["a", "b", "a", "c", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((*k).to_owned(), i as u32))
+            .collect();
+        let keys: Vec<Vec<u32>> = runs(items)
+            .into_iter()
+            .map(|r| r.into_iter().map(|(_, i)| i).collect())
+            .collect();
+        assert_eq!(keys, vec![vec![0, 1], vec![2, 3], vec![4, 5]]);
+        let many: Vec<(String, ())> = (0..2500).map(|i| (i.to_string(), ())).collect();
+        let sizes: Vec<usize> = runs(many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1000, 1000, 500]);
+    }
 }

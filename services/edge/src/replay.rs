@@ -261,24 +261,47 @@ async fn build_and_swap(
     let began = sluice_kit::db::now_micros();
     let started = Instant::now();
     let filters = shadow_filters(subjects, config, name)?;
+    // One filter: read the log here and apply it in large transactions.
+    // Several (e.g. the catalogue's, from three domains): the kit's
+    // consumer interleaves them as the live projection does.
+    let mut direct = match filters.as_slice() {
+        [filter] => Some(
+            Direct::start(
+                broker,
+                shadow,
+                config,
+                subjects,
+                name,
+                shadow_name,
+                filter,
+                options.start,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let running = shadow_service(
-            broker,
-            shadow,
-            config,
-            subjects,
-            name,
-            shadow_name,
-            options.start,
-        )?
-        .start()
-        .await
-        .map_err(|e| ReplayError::Consumer(e.to_string()))?;
-        let caught_up = catch_up(&**broker, &shadow.db, &filters, shadow_name, progress).await;
-        running.stop().await;
-        caught_up?;
+        if let Some(d) = direct.as_mut() {
+            d.catch_up(&**broker, shadow_name, progress).await?;
+        } else {
+            let running = shadow_service(
+                broker,
+                shadow,
+                config,
+                subjects,
+                name,
+                shadow_name,
+                options.start,
+            )?
+            .start()
+            .await
+            .map_err(|e| ReplayError::Consumer(e.to_string()))?;
+            let caught_up = catch_up(&**broker, &shadow.db, &filters, shadow_name, progress).await;
+            running.stop().await;
+            caught_up?;
+        }
         let build_seconds = started.elapsed().as_secs_f64();
         let swap_started = Instant::now();
         match swap(
@@ -293,6 +316,9 @@ async fn build_and_swap(
         {
             Some((digest_before, digest, rows, events)) => {
                 progress(events);
+                if let Some(d) = direct {
+                    d.subscription.close().await;
+                }
                 return Ok(ReplayReport {
                     projection: name.to_owned(),
                     events,
@@ -327,6 +353,15 @@ fn unused_cache() -> crate::project::OrdersState {
     Arc::new(cache::RowCache::new(Duration::ZERO, 1))
 }
 
+/// A replay reads a backlog: deep prefetch and large waves (one transaction
+/// each), few workers (SQLite has one writer anyway).
+fn for_replay(o: &mut sluice_kit::ConsumerOptions) {
+    o.prefetch = 4096;
+    o.max_in_flight = 8192;
+    o.max_wave = 2048;
+    o.concurrency = o.concurrency.min(2);
+}
+
 /// A service running only projection `name`, renamed, into the shadow.
 fn shadow_service(
     broker: &Arc<dyn Broker>,
@@ -344,20 +379,178 @@ fn shadow_service(
         "edge-products" => service.projection(
             crate::products_projection(subjects, config)
                 .renamed(shadow_name)
-                .start_at(start),
+                .start_at(start)
+                .tune(for_replay),
         ),
         "edge-orders" => service.projection(
             crate::orders_projection(subjects, config, unused_cache())
                 .renamed(shadow_name)
-                .start_at(start),
+                .start_at(start)
+                .tune(for_replay),
         ),
         "edge-apikeys" => service.projection(
             crate::api_keys_projection(subjects, config)
                 .renamed(shadow_name)
-                .start_at(start),
+                .start_at(start)
+                .tune(for_replay),
         ),
         other => return Err(ReplayError::Unknown(other.to_owned())),
     })
+}
+
+/// One of the edge's projections, applying into the shadow directly.
+enum AnyApplier {
+    Unit(sluice_kit::Applier<()>),
+    Orders(sluice_kit::Applier<crate::project::OrdersState>),
+}
+
+/// A replay of a one-filter projection that reads the log itself.
+struct Direct {
+    applier: Arc<AnyApplier>,
+    subscription: sluice_broker::Subscription,
+    filter: String,
+    events: i64,
+}
+
+/// Events per transaction of a direct replay.
+const DIRECT_BATCH: usize = 4096;
+
+impl Direct {
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        broker: &Arc<dyn Broker>,
+        shadow: &Shadow,
+        config: &KitConfig,
+        subjects: &Subjects,
+        name: &str,
+        shadow_name: &str,
+        filter: &str,
+        start: StartPosition,
+    ) -> Result<Self, ReplayError> {
+        let db = shadow.db.clone();
+        let applier = match name {
+            "edge-orders" => AnyApplier::Orders(
+                crate::orders_projection(subjects, config, unused_cache())
+                    .renamed(shadow_name)
+                    .into_applier(db),
+            ),
+            "edge-apikeys" => AnyApplier::Unit(
+                crate::api_keys_projection(subjects, config)
+                    .renamed(shadow_name)
+                    .into_applier(db),
+            ),
+            "edge-products" => AnyApplier::Unit(
+                crate::products_projection(subjects, config)
+                    .renamed(shadow_name)
+                    .into_applier(db),
+            ),
+            other => return Err(ReplayError::Unknown(other.to_owned())),
+        };
+        let options = sluice_broker::SubscribeOptions::new(shadow_name, filter)
+            .start(start)
+            .prefetch(2 * DIRECT_BATCH)
+            .ack_wait(Duration::from_secs(600))
+            .max_deliveries(1000);
+        let subscription = broker.subscribe(options).await?;
+        Ok(Self {
+            applier: Arc::new(applier),
+            subscription,
+            filter: filter.to_owned(),
+            events: 0,
+        })
+    }
+
+    /// Applies what the log holds until the group's lag is 0. Reading the
+    /// next batch overlaps with applying the one before.
+    async fn catch_up(
+        &mut self,
+        broker: &dyn Broker,
+        group: &str,
+        progress: &(dyn Fn(i64) + Sync),
+    ) -> Result<(), ReplayError> {
+        let mut applying: Option<Applying> = None;
+        loop {
+            let batch = self.read_batch().await?;
+            if let Some(previous) = applying.take() {
+                self.settle(previous, progress).await?;
+            }
+            if batch.is_empty() {
+                if broker.lag(&self.filter, group).await? == Some(0) {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Acked before they are applied: the group is this replay's
+            // alone, and a replay that fails is started over, never resumed.
+            let mut messages = Vec::with_capacity(batch.len());
+            for mut d in batch {
+                messages.push(std::mem::replace(&mut d.message, placeholder()));
+                if let Err(e) = d.ack().await {
+                    tracing::debug!(error = %e, "replay ack failed; the event comes again and is skipped");
+                }
+            }
+            let applier = self.applier.clone();
+            let task = tokio::spawn(async move {
+                match &*applier {
+                    AnyApplier::Unit(a) => a.apply(messages).await,
+                    AnyApplier::Orders(a) => a.apply(messages).await,
+                }
+            });
+            applying = Some(task);
+        }
+    }
+
+    /// Up to [`DIRECT_BATCH`] deliveries: empty when none came for 100 ms.
+    async fn read_batch(&mut self) -> Result<Vec<sluice_broker::Delivery>, ReplayError> {
+        use futures::FutureExt;
+        let mut batch = Vec::with_capacity(DIRECT_BATCH);
+        match tokio::time::timeout(Duration::from_millis(100), self.subscription.next()).await {
+            Err(_) => return Ok(batch),
+            Ok(None) => return Err(sluice_broker::BrokerError::Closed.into()),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(d))) => batch.push(d),
+        }
+        while batch.len() < DIRECT_BATCH {
+            match self.subscription.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                _ => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Waits for a batch's transaction.
+    async fn settle(
+        &mut self,
+        task: Applying,
+        progress: &(dyn Fn(i64) + Sync),
+    ) -> Result<(), ReplayError> {
+        let applied = task
+            .await
+            .map_err(|e| ReplayError::Consumer(e.to_string()))?
+            .map_err(|e| ReplayError::Consumer(e.to_string()))?;
+        for (event, reason) in &applied.skipped {
+            tracing::warn!(event, reason, "replay left an event out");
+        }
+        self.events += i64::try_from(applied.applied).unwrap_or(i64::MAX);
+        progress(self.events);
+        Ok(())
+    }
+}
+
+/// A batch being applied.
+type Applying = tokio::task::JoinHandle<Result<sluice_kit::Applied, sluice_kit::HandlerError>>;
+
+/// What is left of a delivery whose message was taken.
+fn placeholder() -> sluice_broker::InboundMessage {
+    sluice_broker::InboundMessage {
+        subject: String::new(),
+        headers: sluice_broker::Headers::new(),
+        payload: Default::default(),
+        sequence: None,
+        delivered: 0,
+        timestamp: None,
+    }
 }
 
 /// Waits until the shadow's group has nothing left on every filter.
@@ -615,6 +808,11 @@ impl Shadow {
                         path: path.clone(),
                         reason: e.to_string(),
                     })?;
+                // The shadow is disposable (a crash means replaying again):
+                // a rollback journal in memory (no WAL to write twice), no syncs.
+                conn.execute_unprepared("PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF")
+                    .await
+                    .map_err(db("tuning the shadow database"))?;
                 let shadow = Self {
                     db: conn,
                     schema: "replay".to_owned(),
