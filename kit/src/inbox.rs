@@ -12,6 +12,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use crate::db::tables::inbox;
 
+/// Ids per insert: three bound parameters each stays below SQLite's 32,766.
+const CHUNK: usize = 5000;
+
 /// Records `ids` as handled by `consumer`; returns those that were not
 /// recorded before (the ones to handle).
 pub(crate) async fn record<'a>(
@@ -20,32 +23,31 @@ pub(crate) async fn record<'a>(
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<HashSet<String>, DbErr> {
     let now = crate::db::now_micros();
-    let mut insert = Query::insert();
-    insert
-        .into_table(inbox::Entity)
-        .columns([
-            inbox::Column::Consumer,
-            inbox::Column::EventId,
-            inbox::Column::HandledAt,
-        ])
-        .on_conflict(
-            OnConflict::columns([inbox::Column::Consumer, inbox::Column::EventId])
-                .do_nothing()
-                .to_owned(),
-        )
-        .returning_col(inbox::Column::EventId);
-    let mut any = false;
-    for id in ids {
-        insert.values_panic([consumer.into(), id.into(), now.into()]);
-        any = true;
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let mut fresh = HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(inbox::Entity)
+            .columns([
+                inbox::Column::Consumer,
+                inbox::Column::EventId,
+                inbox::Column::HandledAt,
+            ])
+            .on_conflict(
+                OnConflict::columns([inbox::Column::Consumer, inbox::Column::EventId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning_col(inbox::Column::EventId);
+        for id in chunk {
+            insert.values_panic([consumer.into(), (*id).into(), now.into()]);
+        }
+        for row in db.query_all(&insert).await? {
+            fresh.insert(row.try_get::<String>("", "event_id")?);
+        }
     }
-    if !any {
-        return Ok(HashSet::new());
-    }
-    let rows = db.query_all(&insert).await?;
-    rows.iter()
-        .map(|r| r.try_get::<String>("", "event_id"))
-        .collect()
+    Ok(fresh)
 }
 
 /// Forgets `id` for `consumer` (its handler failed after it was recorded).
@@ -87,4 +89,26 @@ pub async fn prune(db: &impl ConnectionTrait, older_than_micros: i64) -> Result<
         .exec(db)
         .await?;
     Ok(r.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn more_ids_than_one_statement_binds_are_recorded_once() {
+        let db = crate::db::open("sqlite::memory:", 1).await.unwrap();
+        let ids: Vec<String> = (0..12_345).map(|i| format!("id-{i}")).collect();
+        let fresh = record(&db, "c", ids.iter().map(String::as_str))
+            .await
+            .unwrap();
+        assert_eq!(fresh.len(), ids.len());
+        let again = record(&db, "c", ids.iter().map(String::as_str))
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "all were recorded");
+        assert!(contains(&db, "c", "id-12344").await.unwrap());
+    }
 }

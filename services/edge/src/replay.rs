@@ -103,6 +103,9 @@ const API_KEYS: Table = Table {
     ],
 };
 
+/// Rows per query of [`digest`].
+const DIGEST_PAGE: usize = 5000;
+
 /// The tables of projection `name`, parents first.
 fn tables(name: &str) -> Result<&'static [Table], ReplayError> {
     const P: &[Table] = &[PRODUCTS, PRODUCT_IMAGES];
@@ -413,7 +416,7 @@ struct Direct {
 }
 
 /// Events per transaction of a direct replay.
-const DIRECT_BATCH: usize = 4096;
+const DIRECT_BATCH: usize = 16384;
 
 impl Direct {
     #[allow(clippy::too_many_arguments)]
@@ -727,32 +730,48 @@ async fn digest_in(
     tables: &[Table],
 ) -> Result<String, ReplayError> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let backend = conn.get_database_backend();
     for t in tables {
         let columns: Vec<&str> = t.columns.iter().map(|(c, _)| *c).collect();
-        let sql = format!(
-            "SELECT {} FROM {schema}.{} ORDER BY {}",
-            columns.join(", "),
-            t.name,
-            t.key
-        );
-        let rows = conn
-            .query_all_raw(Statement::from_string(conn.get_database_backend(), sql))
-            .await
-            .map_err(db("reading the rows to digest"))?;
         ctx.update(t.name.as_bytes());
         ctx.update(b"\n");
-        for row in rows {
-            for (c, kind) in t.columns {
-                let value = match kind {
-                    Kind::Text => row.try_get::<String>("", c),
-                    Kind::Int => row.try_get::<i64>("", c).map(|v| v.to_string()),
-                    Kind::Bool => row.try_get::<bool>("", c).map(|v| v.to_string()),
-                }
+        // In pages by key, so memory stays flat whatever the model's size.
+        let sql = format!(
+            "SELECT {} FROM {schema}.{} WHERE {key} > $1 ORDER BY {key} LIMIT {DIGEST_PAGE}",
+            columns.join(", "),
+            t.name,
+            key = t.key,
+        );
+        let mut after = String::new();
+        loop {
+            let rows = conn
+                .query_all_raw(Statement::from_sql_and_values(
+                    backend,
+                    sql.as_str(),
+                    [after.clone().into()],
+                ))
+                .await
                 .map_err(db("reading the rows to digest"))?;
-                ctx.update(value.as_bytes());
-                ctx.update(b"\x1f");
+            let full = rows.len() == DIGEST_PAGE;
+            for row in rows {
+                for (c, kind) in t.columns {
+                    let value = match kind {
+                        Kind::Text => row.try_get::<String>("", c),
+                        Kind::Int => row.try_get::<i64>("", c).map(|v| v.to_string()),
+                        Kind::Bool => row.try_get::<bool>("", c).map(|v| v.to_string()),
+                    }
+                    .map_err(db("reading the rows to digest"))?;
+                    if *c == t.key {
+                        after.clone_from(&value);
+                    }
+                    ctx.update(value.as_bytes());
+                    ctx.update(b"\x1f");
+                }
+                ctx.update(b"\x1e");
             }
-            ctx.update(b"\x1e");
+            if !full {
+                break;
+            }
         }
     }
     Ok(ctx
@@ -836,7 +855,14 @@ impl Shadow {
             .map_err(db("creating the shadow's kit tables"))?;
         migration::Migrator::up(&self.db, None)
             .await
-            .map_err(db("creating the shadow's tables"))
+            .map_err(db("creating the shadow's tables"))?;
+        // The shadow's inbox is never pruned: its index by time would only
+        // cost a write per event.
+        self.db
+            .execute_unprepared("DROP INDEX IF EXISTS sluice_inbox_handled_at")
+            .await
+            .map_err(db("tuning the shadow database"))?;
+        Ok(())
     }
 
     /// Removes the shadow (best effort: a failure is logged).
