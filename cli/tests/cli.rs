@@ -89,6 +89,12 @@ fn completions_cover_every_command_for_each_shell() {
             "serve",
             "publish",
             "tail",
+            "export",
+            "import",
+            "replay",
+            "dlq",
+            "redrive",
+            "stats",
             "bench-shop",
             "completions",
         ] {

@@ -85,11 +85,11 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
         since: args.since.map(timestamp),
         until: args.until.map(timestamp),
     };
+    let broker = super::connect(&args.broker.url).await?;
     let partial = partial_name(&args.out);
     let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut writer = Writer::new(BufWriter::with_capacity(1 << 20, file), &header)
         .with_context(|| format!("writing {}", partial.display()))?;
-    let broker = super::connect(&args.broker.url).await?;
     let started = Instant::now();
     let progress = progress_bar(None);
     let until = args.until;

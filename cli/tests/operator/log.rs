@@ -170,6 +170,26 @@ fn export_then_import(broker: &str, domain: &str, after_window: impl FnOnce(&str
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("truncated"), "{}", stderr_of(&out));
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("edge.db").display());
+    let out = sluice()
+        .args([
+            "replay",
+            "--projection",
+            "orders",
+            "--database",
+            &db,
+            "--file",
+        ])
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("truncated") && err.contains("nothing was replayed"),
+        "{err}"
+    );
     assert!(stored(broker, &format!("{fresh}.>")).is_empty());
     vec![prefix, fresh]
 }

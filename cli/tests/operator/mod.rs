@@ -461,6 +461,21 @@ fn an_unreachable_broker_is_a_one_line_error() {
             None,
             &["connecting to the broker"],
         );
+        for args in [
+            &["export", "shop.>", "-o", "/tmp/never.sluice"][..],
+            &["dlq", "list"],
+            &["stats"],
+            &["replay", "orders", "--database", "sqlite::memory:"],
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["--broker", url]);
+            fails_with_one_line(&all, None, &["connecting to the broker"]);
+        }
+        assert!(
+            !std::path::Path::new("/tmp/never.sluice.partial").exists()
+                && !std::path::Path::new("/tmp/never.sluice").exists(),
+            "a failed export leaves no file"
+        );
     }
     let out = sluice()
         .args([
@@ -497,6 +512,14 @@ fn usage_errors_exit_with_code_2() {
         ],
         &["tail", "shop.>", "--from-beginning", "--from-seq", "3"],
         &["tail", "shop.>", "--output", "yaml"],
+        &["export", "shop.>"],
+        &["export", "shop.>", "-o", "f", "--since", "yesterday-ish"],
+        &["import"],
+        &["replay"],
+        &["replay", "orders", "--file", "f", "--since", "1h"],
+        &["dlq", "redrive"],
+        &["dlq", "purge", "orders:1", "--all"],
+        &["stats", "--interval", "soon"],
     ] {
         let out = sluice().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
