@@ -176,6 +176,14 @@ impl DeadLetter {
 pub async fn list(broker: &dyn Broker, domain: &str) -> Result<Vec<DeadLetter>, BrokerError> {
     let filter = format!("{}.{domain}.>", subject::DLQ_PREFIX);
     let mut letters = Vec::new();
+    // A dead-letter stream that does not exist, or is known to be empty, is
+    // not read (reading would create it). RabbitMQ's count of a stream queue
+    // lags, so there only a missing queue counts as empty.
+    match broker.stream_stats(subject::stream_key(&filter)).await? {
+        None if broker.kind() != crate::BrokerKind::Embedded => return Ok(letters),
+        Some(s) if s.messages == 0 && s.last_sequence.is_some() => return Ok(letters),
+        _ => {}
+    }
     let mut resolved = std::collections::HashSet::new();
     crate::scan::scan(broker, "dlq", &filter, StartPosition::Beginning, |m| {
         if m.subject.rsplit('.').next() == Some(RESOLVED_TOKEN) && m.headers.get(GROUP).is_none() {

@@ -58,6 +58,12 @@ fn stored(broker: &str, filter: &str) -> Vec<(String, Headers, Vec<u8>)> {
     })
 }
 
+fn run_json_lines(args: &[&str]) -> Vec<Value> {
+    let out = sluice().args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+    json_lines(&out.stdout)
+}
+
 fn run_json(args: &[&str]) -> Value {
     let out = sluice().args(args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
@@ -233,6 +239,26 @@ fn dead_letters(broker: &str, domain: &str) {
     let filter = format!("{domain}.>");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let b = rt.block_on(super::connect(broker));
+    // Listing a domain without dead letters finds none and creates nothing.
+    let empty = run_json_lines(&[
+        "dlq",
+        "list",
+        "--subject",
+        &filter,
+        "--output",
+        "json",
+        "--broker",
+        broker,
+    ]);
+    assert!(empty.is_empty(), "{empty:?}");
+    let dlq = format!("dlq.{domain}");
+    if b.kind() != sluice_broker::BrokerKind::Embedded {
+        assert_eq!(
+            rt.block_on(b.stream_stats(&dlq)).unwrap(),
+            None,
+            "{dlq} was not created"
+        );
+    }
     let mut sub = rt
         .block_on(b.subscribe(SubscribeOptions::new("picky", filter.as_str())))
         .unwrap();
