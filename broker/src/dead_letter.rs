@@ -185,7 +185,7 @@ pub async fn list(broker: &dyn Broker, domain: &str) -> Result<Vec<DeadLetter>, 
         _ => {}
     }
     let mut resolved = std::collections::HashSet::new();
-    crate::scan::scan(broker, "dlq", &filter, StartPosition::Beginning, |m| {
+    crate::scan::scan_all(broker, "dlq", &filter, StartPosition::Beginning, |m| {
         if m.subject.rsplit('.').next() == Some(RESOLVED_TOKEN) && m.headers.get(GROUP).is_none() {
             if let Some(key) = m.headers.get(RESOLVES) {
                 resolved.insert(key.to_owned());
@@ -197,13 +197,8 @@ pub async fn list(broker: &dyn Broker, domain: &str) -> Result<Vec<DeadLetter>, 
                 key,
             });
         }
-        Ok::<_, std::convert::Infallible>(crate::scan::Flow::Continue)
     })
-    .await
-    .map_err(|e| match e {
-        crate::scan::ScanError::Broker(e) => e,
-        crate::scan::ScanError::Caller(never) => match never {},
-    })?;
+    .await?;
     letters.retain(|l| !resolved.contains(&l.key));
     Ok(letters)
 }

@@ -107,3 +107,25 @@ pub async fn scan<E>(
     }
     result
 }
+
+/// [`scan`] for a reader that reads everything and cannot fail.
+///
+/// # Errors
+/// The broker failed.
+pub async fn scan_all(
+    broker: &dyn Broker,
+    purpose: &str,
+    filter: &str,
+    start: StartPosition,
+    mut each: impl FnMut(&InboundMessage),
+) -> Result<u64, BrokerError> {
+    scan(broker, purpose, filter, start, |m| {
+        each(m);
+        Ok::<_, std::convert::Infallible>(Flow::Continue)
+    })
+    .await
+    .map_err(|e| match e {
+        ScanError::Broker(e) => e,
+        ScanError::Caller(never) => match never {},
+    })
+}

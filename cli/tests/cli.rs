@@ -13,18 +13,24 @@ fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
-#[test]
-fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// `sluice up` on a free port with its data in `dir`, and its log lines.
+fn start_up(dir: &std::path::Path) -> (std::process::Child, Lines) {
     let mut child = sluice()
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let lines = Lines::read(child.stderr.take().unwrap());
+    (child, lines)
+}
+
+#[test]
+fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = start_up(dir.path());
     let key = lines.wait_for("admin API key", Duration::from_secs(30));
     assert!(key.contains("sk_admin_"), "{key}");
     let stored = std::fs::read_to_string(dir.path().join("admin-key")).unwrap();
@@ -274,15 +280,7 @@ fn run_ok(args: &[&str]) -> serde_json::Value {
 #[test]
 fn replay_rebuilds_the_orders_of_a_running_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = sluice()
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::read(child.stderr.take().unwrap());
+    let (mut child, lines) = start_up(dir.path());
     lines.wait_for("/healthz", Duration::from_secs(60));
     let broker = format!("embedded:{}", dir.path().join("broker.db").display());
     let database = format!("sqlite://{}?mode=rwc", dir.path().join("edge.db").display());

@@ -744,20 +744,24 @@ async fn images_are_uploaded_listed_and_thumbnailed(b: BrokerBackend, d: DbBacke
     shop.cleanup().await;
 }
 
+/// Posts an order of `quantity` units of `product` as `token` and returns
+/// its id (202 expected).
+async fn place(shop: &Shop, token: &str, product: &str, quantity: u32, key: &str) -> String {
+    let body = format!(
+        r#"{{"items":[{{"product_id":"{product}","quantity":{quantity}}}],"payment_token":"tok_visa"}}"#
+    );
+    let headers = [("Authorization", token), ("Idempotency-Key", key)];
+    let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
 async fn read_models_are_rebuilt_from_the_log(b: BrokerBackend, d: DbBackend) {
     let mut shop = Shop::start(b, d).await;
     let p = shop.product("rebuild-1", 10).await;
     let alice = login(&shop, "alice@example.com").await;
     until(&shop, &format!("/v1/products/{p}"), &alice, |_| true).await;
-    let body =
-        format!(r#"{{"items":[{{"product_id":"{p}","quantity":3}}],"payment_token":"tok_visa"}}"#);
-    let headers = [
-        ("Authorization", alice.as_str()),
-        ("Idempotency-Key", "rebuild-1"),
-    ];
-    let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let id = place(&shop, &alice, &p, 3, "rebuild-1").await;
     let order_path = format!("/v1/orders/{id}");
     let product_path = format!("/v1/products/{p}");
     let live_order = until(&shop, &order_path, &alice, |o| o["status"] == "CONFIRMED").await;
@@ -827,17 +831,7 @@ async fn read_models_are_replayed_while_the_edge_serves(b: BrokerBackend, d: DbB
     until(&shop, &format!("/v1/products/{p}"), &alice, |_| true).await;
     let mut orders = Vec::new();
     for n in 0..3 {
-        let body = format!(
-            r#"{{"items":[{{"product_id":"{p}","quantity":1}}],"payment_token":"tok_visa"}}"#
-        );
-        let key = format!("replay-{n}");
-        let headers = [
-            ("Authorization", alice.as_str()),
-            ("Idempotency-Key", key.as_str()),
-        ];
-        let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
-        assert_eq!(r.status, 202, "{}", r.body);
-        let id = r.json()["id"].as_str().unwrap().to_owned();
+        let id = place(&shop, &alice, &p, 1, &format!("replay-{n}")).await;
         until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
             o["status"] == "CONFIRMED"
         })
@@ -890,15 +884,7 @@ async fn read_models_are_replayed_while_the_edge_serves(b: BrokerBackend, d: DbB
         })
         .await;
     }
-    let body =
-        format!(r#"{{"items":[{{"product_id":"{p}","quantity":2}}],"payment_token":"tok_visa"}}"#);
-    let headers = [
-        ("Authorization", alice.as_str()),
-        ("Idempotency-Key", "replay-after"),
-    ];
-    let r = shop.http("POST", "/v1/orders", &headers, Some(&body)).await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let id = place(&shop, &alice, &p, 2, "replay-after").await;
     until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {
         o["status"] == "CONFIRMED"
     })

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use sluice_broker::scan::{Flow, ScanError, scan};
+use sluice_broker::scan::{Flow, ScanError, scan, scan_all};
 use sluice_broker::{Broker, BrokerKind, OutboundMessage, StartPosition};
 use sluice_eventlog::convert::{from_record, to_record};
 use sluice_eventlog::{Reader, Writer};
@@ -230,17 +230,12 @@ async fn existing_ids(
     }
     for domain in domains {
         let filter = format!("{domain}.>");
-        scan(broker, "import", &filter, StartPosition::Beginning, |m| {
+        scan_all(broker, "import", &filter, StartPosition::Beginning, |m| {
             if let Some(id) = m.id() {
                 ids.insert(id.to_owned());
             }
-            Ok::<_, std::convert::Infallible>(Flow::Continue)
         })
         .await
-        .map_err(|e| match e {
-            ScanError::Broker(e) => anyhow::Error::new(e),
-            ScanError::Caller(never) => match never {},
-        })
         .with_context(|| format!("reading the ids already in {domain}: nothing was imported"))?;
     }
     Ok(ids)

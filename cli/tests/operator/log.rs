@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_broker::scan::{Flow, scan};
+use sluice_broker::scan::scan_all;
 use sluice_broker::testing::{NatsServer, unique};
 use sluice_broker::{Headers, StartPosition, SubscribeOptions};
 
@@ -47,9 +47,8 @@ fn stored(broker: &str, filter: &str) -> Vec<(String, Headers, Vec<u8>)> {
     rt.block_on(async {
         let b = super::connect(broker).await;
         let mut all = Vec::new();
-        scan(&*b, "test", filter, StartPosition::Beginning, |m| {
+        scan_all(&*b, "test", filter, StartPosition::Beginning, |m| {
             all.push((m.subject.clone(), m.headers.clone(), m.payload.to_vec()));
-            Ok::<_, std::convert::Infallible>(Flow::Continue)
         })
         .await
         .unwrap();

@@ -295,18 +295,25 @@ fn with_ids<T>(
     (kept, outcome)
 }
 
-/// `OrderPlaced` in batches: one upsert per run of distinct orders, the
-/// same rows as [`order_placed`] one by one.
+/// `OrderPlaced` in batches: the order, priced (created when the edge did
+/// not take it, e.g. during a rebuild).
 pub(crate) async fn order_placed_batch(
     ctx: ProjectionCtx<OrdersState>,
     items: Vec<Event<OrderPlaced>>,
 ) -> Result<BatchOutcome, HandlerError> {
-    let (kept, outcome) = with_ids(items, |o| &o.order_id);
-    for run in runs(kept) {
-        let mut rows = Vec::with_capacity(run.len());
-        for (id, item) in run {
-            ctx.state().touch(&id);
-            let o = item.event;
+    let changed = [
+        orders::Column::Items,
+        orders::Column::TotalCents,
+        orders::Column::Currency,
+        orders::Column::Step,
+        orders::Column::UpdatedAt,
+    ];
+    upsert_orders(
+        &ctx,
+        items,
+        |o| &o.order_id,
+        changed,
+        |id, o, now| {
             let lines: Vec<Item> = o
                 .lines
                 .iter()
@@ -316,8 +323,7 @@ pub(crate) async fn order_placed_batch(
                     price_cents: l.price_cents,
                 })
                 .collect();
-            let now = micros(&item.envelope);
-            rows.push(orders::ActiveModel {
+            Ok(orders::ActiveModel {
                 id: Set(id),
                 customer_id: Set(o.customer_id),
                 status: Set(sluice_orders::status::PENDING.to_owned()),
@@ -329,48 +335,31 @@ pub(crate) async fn order_placed_batch(
                 created_at: Set(now),
                 updated_at: Set(now),
                 version: Set(1),
-            });
-        }
-        orders::Entity::insert_many(rows)
-            .on_conflict(bump_on_conflict([
-                orders::Column::Items,
-                orders::Column::TotalCents,
-                orders::Column::Currency,
-                orders::Column::Step,
-                orders::Column::UpdatedAt,
-            ]))
-            .exec_without_returning(ctx.db())
-            .await?;
-    }
-    Ok(outcome)
+            })
+        },
+    )
+    .await
 }
 
-/// On an order that exists: `columns` from the new row, the version bumped.
-fn bump_on_conflict<const N: usize>(columns: [orders::Column; N]) -> OnConflict {
-    OnConflict::column(orders::Column::Id)
-        .update_columns(columns)
-        .value(
-            orders::Column::Version,
-            Expr::col((orders::Entity, orders::Column::Version)).add(1),
-        )
-        .to_owned()
-}
-
-/// `OrderCancelled` in batches: one upsert per run of distinct orders (an
-/// order not seen yet — one refused before it was placed — is created
-/// cancelled).
+/// `OrderCancelled` in batches (an order not seen yet — one refused before
+/// it was placed — is created cancelled).
 pub(crate) async fn order_cancelled_batch(
     ctx: ProjectionCtx<OrdersState>,
     items: Vec<Event<OrderCancelled>>,
 ) -> Result<BatchOutcome, HandlerError> {
-    let (kept, outcome) = with_ids(items, |o| &o.order_id);
-    for run in runs(kept) {
-        let mut rows = Vec::with_capacity(run.len());
-        for (id, item) in run {
-            ctx.state().touch(&id);
-            let now = micros(&item.envelope);
-            let o = item.event;
-            rows.push(orders::ActiveModel {
+    let changed = [
+        orders::Column::Status,
+        orders::Column::Step,
+        orders::Column::Reason,
+        orders::Column::UpdatedAt,
+    ];
+    upsert_orders(
+        &ctx,
+        items,
+        |o| &o.order_id,
+        changed,
+        |id, o, now| {
+            Ok(orders::ActiveModel {
                 id: Set(id),
                 customer_id: Set(o.customer_id),
                 status: Set(sluice_orders::status::CANCELLED.to_owned()),
@@ -382,15 +371,39 @@ pub(crate) async fn order_cancelled_batch(
                 created_at: Set(now),
                 updated_at: Set(now),
                 version: Set(1),
-            });
+            })
+        },
+    )
+    .await
+}
+
+/// One order row per event, made by `row(order id, event, event time)`,
+/// inserted with one statement per run of distinct orders; an order that
+/// exists takes the `changed` columns from the new row and a version bump.
+async fn upsert_orders<T, const N: usize>(
+    ctx: &ProjectionCtx<OrdersState>,
+    items: Vec<Event<T>>,
+    id: impl Fn(&T) -> &str,
+    changed: [orders::Column; N],
+    row: impl Fn(String, T, i64) -> Result<orders::ActiveModel, HandlerError>,
+) -> Result<BatchOutcome, HandlerError> {
+    let (kept, outcome) = with_ids(items, id);
+    for run in runs(kept) {
+        let mut rows = Vec::with_capacity(run.len());
+        for (id, item) in run {
+            ctx.state().touch(&id);
+            rows.push(row(id, item.event, micros(&item.envelope))?);
         }
         orders::Entity::insert_many(rows)
-            .on_conflict(bump_on_conflict([
-                orders::Column::Status,
-                orders::Column::Step,
-                orders::Column::Reason,
-                orders::Column::UpdatedAt,
-            ]))
+            .on_conflict(
+                OnConflict::column(orders::Column::Id)
+                    .update_columns(changed)
+                    .value(
+                        orders::Column::Version,
+                        Expr::col((orders::Entity, orders::Column::Version)).add(1),
+                    )
+                    .to_owned(),
+            )
             .exec_without_returning(ctx.db())
             .await?;
     }

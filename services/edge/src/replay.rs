@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 use sluice_broker::{Broker, StartPosition};
-use sluice_kit::{KitConfig, Service};
+use sluice_kit::{KitConfig, Projection, Service};
 
 use crate::{Subjects, cache, migration};
 
@@ -240,8 +240,7 @@ pub async fn replay(
         progress,
     )
     .await;
-    let filters = shadow_filters(subjects, config, name)?;
-    for filter in filters {
+    for filter in model(subjects, config, name, &shadow_name, options.start)?.filters() {
         if let Err(e) = broker.delete_group(&filter, &shadow_name).await {
             tracing::warn!(error = %e, group = shadow_name, "could not delete the replay's consumer group");
         }
@@ -263,7 +262,7 @@ async fn build_and_swap(
 ) -> Result<ReplayReport, ReplayError> {
     let began = sluice_kit::db::now_micros();
     let started = Instant::now();
-    let filters = shadow_filters(subjects, config, name)?;
+    let filters = model(subjects, config, name, shadow_name, options.start)?.filters();
     // One filter: read the log here and apply it in large transactions.
     // Several (e.g. the catalogue's, from three domains): the kit's
     // consumer interleaves them as the live projection does.
@@ -272,9 +271,7 @@ async fn build_and_swap(
             Direct::start(
                 broker,
                 shadow,
-                config,
-                subjects,
-                name,
+                model(subjects, config, name, shadow_name, options.start)?,
                 shadow_name,
                 filter,
                 options.start,
@@ -289,15 +286,13 @@ async fn build_and_swap(
         if let Some(d) = direct.as_mut() {
             d.catch_up(&**broker, shadow_name, progress).await?;
         } else {
-            let running = shadow_service(
-                broker,
-                shadow,
-                config,
-                subjects,
-                name,
-                shadow_name,
-                options.start,
-            )?
+            let service = Service::new("edge-replay", broker.clone(), shadow.db.clone())
+                .relay(None)
+                .inbox_retention(None);
+            let running = match model(subjects, config, name, shadow_name, options.start)? {
+                Model::Plain(p) => service.projection(p),
+                Model::Orders(p) => service.projection(p),
+            }
             .start()
             .await
             .map_err(|e| ReplayError::Consumer(e.to_string()))?;
@@ -339,19 +334,6 @@ async fn build_and_swap(
     }
 }
 
-fn shadow_filters(
-    subjects: &Subjects,
-    config: &KitConfig,
-    name: &str,
-) -> Result<Vec<String>, ReplayError> {
-    Ok(match name {
-        "edge-products" => crate::products_projection(subjects, config).filters(),
-        "edge-orders" => crate::orders_projection(subjects, config, unused_cache()).filters(),
-        "edge-apikeys" => crate::api_keys_projection(subjects, config).filters(),
-        other => return Err(ReplayError::Unknown(other.to_owned())),
-    })
-}
-
 fn unused_cache() -> crate::project::OrdersState {
     Arc::new(cache::RowCache::new(Duration::ZERO, 1))
 }
@@ -365,34 +347,37 @@ fn for_replay(o: &mut sluice_kit::ConsumerOptions) {
     o.concurrency = o.concurrency.min(2);
 }
 
-/// A service running only projection `name`, renamed, into the shadow.
-fn shadow_service(
-    broker: &Arc<dyn Broker>,
-    shadow: &Shadow,
-    config: &KitConfig,
+/// One of the edge's projections (their states differ in type).
+enum Model {
+    Plain(Projection<()>),
+    Orders(Projection<crate::project::OrdersState>),
+}
+
+impl Model {
+    fn filters(&self) -> Vec<String> {
+        match self {
+            Model::Plain(p) => p.filters(),
+            Model::Orders(p) => p.filters(),
+        }
+    }
+}
+
+/// Projection `name` of the edge as the shadow runs it: renamed, starting
+/// at `start`, tuned for a backlog.
+fn model(
     subjects: &Subjects,
+    config: &KitConfig,
     name: &str,
     shadow_name: &str,
     start: StartPosition,
-) -> Result<Service, ReplayError> {
-    let service = Service::new("edge-replay", broker.clone(), shadow.db.clone())
-        .relay(None)
-        .inbox_retention(None);
+) -> Result<Model, ReplayError> {
+    let plain =
+        |p: Projection<()>| Model::Plain(p.renamed(shadow_name).start_at(start).tune(for_replay));
     Ok(match name {
-        "edge-products" => service.projection(
-            crate::products_projection(subjects, config)
-                .renamed(shadow_name)
-                .start_at(start)
-                .tune(for_replay),
-        ),
-        "edge-orders" => service.projection(
+        "edge-products" => plain(crate::products_projection(subjects, config)),
+        "edge-apikeys" => plain(crate::api_keys_projection(subjects, config)),
+        "edge-orders" => Model::Orders(
             crate::orders_projection(subjects, config, unused_cache())
-                .renamed(shadow_name)
-                .start_at(start)
-                .tune(for_replay),
-        ),
-        "edge-apikeys" => service.projection(
-            crate::api_keys_projection(subjects, config)
                 .renamed(shadow_name)
                 .start_at(start)
                 .tune(for_replay),
@@ -419,35 +404,18 @@ struct Direct {
 const DIRECT_BATCH: usize = 16384;
 
 impl Direct {
-    #[allow(clippy::too_many_arguments)]
     async fn start(
         broker: &Arc<dyn Broker>,
         shadow: &Shadow,
-        config: &KitConfig,
-        subjects: &Subjects,
-        name: &str,
+        model: Model,
         shadow_name: &str,
         filter: &str,
         start: StartPosition,
     ) -> Result<Self, ReplayError> {
         let db = shadow.db.clone();
-        let applier = match name {
-            "edge-orders" => AnyApplier::Orders(
-                crate::orders_projection(subjects, config, unused_cache())
-                    .renamed(shadow_name)
-                    .into_applier(db),
-            ),
-            "edge-apikeys" => AnyApplier::Unit(
-                crate::api_keys_projection(subjects, config)
-                    .renamed(shadow_name)
-                    .into_applier(db),
-            ),
-            "edge-products" => AnyApplier::Unit(
-                crate::products_projection(subjects, config)
-                    .renamed(shadow_name)
-                    .into_applier(db),
-            ),
-            other => return Err(ReplayError::Unknown(other.to_owned())),
+        let applier = match model {
+            Model::Plain(p) => AnyApplier::Unit(p.into_applier(db)),
+            Model::Orders(p) => AnyApplier::Orders(p.into_applier(db)),
         };
         let options = sluice_broker::SubscribeOptions::new(shadow_name, filter)
             .start(start)
