@@ -16,12 +16,15 @@
 #               media service's S3 test starts its own on a free port.
 #   schemathesis (PyPI) in .tools/schemathesis: scripts/schemathesis.sh runs
 #               it against a `sluice up` of its own on a free port.
+#   promtool    from Debian's prometheus package (apt-get when missing): the
+#               tests check every /metrics output with `promtool check metrics`.
 # No test is ever skipped: a missing broker is a failure.
 #
 # Environment given to the tests (each kept when already set):
 #   SLUICE_NATS_SERVER        .tools/bin/nats-server
 #   SLUICE_TEST_MOTO          .tools/moto (a pip --target folder with moto)
 #   SLUICE_TEST_SCHEMATHESIS  .tools/schemathesis (a pip --target folder)
+#   SLUICE_PROMTOOL           the promtool on PATH
 #   SLUICE_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #   SLUICE_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:5432/postgres
 #   SLUICE_SERVICE_WAIT       seconds to wait for a service to answer (120)
@@ -230,6 +233,16 @@ provide_schemathesis() {
   export SLUICE_TEST_SCHEMATHESIS=${SLUICE_TEST_SCHEMATHESIS:-$TOOLS/schemathesis}
 }
 
+# promtool (Debian's prometheus package) checks every /metrics output the
+# tests scrape. Only the binary is used; the package's Prometheus server is
+# not started.
+provide_promtool() {
+  command -v promtool >/dev/null || apt_install prometheus
+  command -v promtool >/dev/null || fail "promtool is missing after installing prometheus"
+  export SLUICE_PROMTOOL=${SLUICE_PROMTOOL:-$(command -v promtool)}
+  PROMTOOL_VERSION=$(promtool --version 2>&1 | head -n 1)
+}
+
 # --- main -------------------------------------------------------------------
 
 provide_build_tools
@@ -238,6 +251,7 @@ provide_postgres
 provide_nats_server
 provide_moto
 provide_schemathesis
+provide_promtool
 
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_DATABASE_URL=${SLUICE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -248,6 +262,7 @@ echo "    PostgreSQL ${POSTGRES_VERSION%% *} on 127.0.0.1:5432 (user postgres, n
 echo "    nats-server ${NATS_SERVER_VERSION#nats-server: v} from ${SLUICE_NATS_SERVER#"$ROOT"/} (each NATS test starts its own on a free port)"
 echo "    moto $MOTO_VERSION (S3) from ${SLUICE_TEST_MOTO#"$ROOT"/} (the S3 test starts its own on a free port)"
 echo "    schemathesis $SCHEMATHESIS_VERSION from ${SLUICE_TEST_SCHEMATHESIS#"$ROOT"/}"
+echo "    $PROMTOOL_VERSION ($SLUICE_PROMTOOL)"
 
 if [ "$PROVISION_ONLY" = 1 ]; then
   say "provisioned (--provision-only)"

@@ -67,6 +67,15 @@ fn up_opens_the_embedded_log_says_what_runs_and_stops_on_sigterm() {
     let (status, body) = http_get(addr, "/v1/products");
     assert_eq!(status, 200, "the REST edge answers: {body}");
     assert!(body.contains("\"items\":[]"), "{body}");
+    // The all-in-one's /metrics has every service's and the edge's.
+    let metrics = sluice_kit::testing::scrape_metrics(
+        addr,
+        "sluice_http_requests_total{method=\"GET\",route=\"/v1/products\",status=\"200\"}",
+    );
+    for service in ["orders", "inventory", "payments", "edge"] {
+        let line = format!("sluice_outbox_backlog{{service=\"{service}\"}}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

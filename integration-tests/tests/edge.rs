@@ -201,6 +201,46 @@ async fn an_order_flows_through_the_api(b: BrokerBackend, d: DbBackend) {
         p["stock"] == 10
     })
     .await;
+
+    // The edge's /metrics tells what happened, in a format promtool accepts.
+    let r = shop.http("GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    let metrics = r.body;
+    let has = |prefix: &str, part: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains(part))
+    };
+    assert!(
+        has(
+            "sluice_http_requests_total{method=\"POST\",route=\"/v1/orders\",status=\"202\"}",
+            " 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            "sluice_http_request_duration_seconds_bucket{",
+            "method=\"GET\",route=\"/v1/orders/{id}\",status=\"200\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            "sluice_event_latency_seconds_count{",
+            "group=\"edge-orders\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has("sluice_published_total{service=\"edge\"", ""),
+        "{metrics}"
+    );
+    assert!(
+        has("sluice_consumer_lag{", "group=\"edge-orders\""),
+        "{metrics}"
+    );
+    sluice_kit::testing::assert_promtool_accepts(&metrics);
     shop.cleanup().await;
 }
 

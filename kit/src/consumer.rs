@@ -363,6 +363,7 @@ where
             Outcome::Handled => {
                 labels.received();
                 labels.handled();
+                labels.handled_after(job.envelope.time);
                 job.delivery.ack().await.map(|()| Settled::Acked)
             }
             Outcome::Duplicate => {

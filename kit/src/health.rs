@@ -108,15 +108,33 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     }
 }
 
-async fn metrics_text(State(ops): State<Ops>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        ops.metrics.render(),
-    )
-        .into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the
+/// Prometheus text format otherwise (curl, promtool, older scrapers).
+async fn metrics_text(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            ops.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            ops.metrics.render_text(),
+        )
+            .into_response()
+    }
 }
 
 /// A bound operations server.

@@ -1,9 +1,12 @@
 //! Metrics in Prometheus format: per subject and consumer group, events
-//! received, handled, failed, retried and dead-lettered, handler latency;
-//! and each service's outbox backlog.
+//! received, handled, failed, retried and dead-lettered, handler latency
+//! and end-to-end latency (event time to handled); events published per
+//! service and subject; consumer lag; each service's outbox backlog; and
+//! HTTP requests by route and status with their latency.
 //!
 //! One [`Metrics`] per process (shared by every service `sluice up` runs),
-//! rendered by [`Metrics::render`] for a `/metrics` endpoint.
+//! rendered by [`Metrics::render`] (OpenMetrics) or [`Metrics::render_text`]
+//! (Prometheus text format 0.0.4) for a `/metrics` endpoint.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +43,26 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// Labels of published events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishedLabels {
+    /// The publishing service.
+    pub service: String,
+    /// The event's subject.
+    pub subject: String,
+}
+
+/// Labels of HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The request method.
+    pub method: String,
+    /// The matched route template (`/v1/orders/{id}`), or `unmatched`.
+    pub route: String,
+    /// The response status code.
+    pub status: u16,
+}
+
 #[derive(Clone)]
 struct LatencyBuckets;
 
@@ -61,8 +84,12 @@ pub struct Metrics {
     dead_lettered: Family<SubjectLabels, Counter>,
     duplicates: Family<SubjectLabels, Counter>,
     duration: Family<SubjectLabels, Histogram, LatencyBuckets>,
+    event_latency: Family<SubjectLabels, Histogram, LatencyBuckets>,
+    published: Family<PublishedLabels, Counter>,
     outbox_backlog: Family<ServiceLabels, Gauge>,
     lag: Family<LagLabels, Gauge>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram, LatencyBuckets>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,8 +117,12 @@ impl Metrics {
             dead_lettered: Family::default(),
             duplicates: Family::default(),
             duration: Family::new_with_constructor(LatencyBuckets),
+            event_latency: Family::new_with_constructor(LatencyBuckets),
+            published: Family::default(),
             outbox_backlog: Family::default(),
             lag: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(LatencyBuckets),
         };
         registry.register(
             "consumer_received",
@@ -128,6 +159,28 @@ impl Metrics {
             "Time spent in a handler",
             Unit::Seconds,
             m.duration.clone(),
+        );
+        registry.register_with_unit(
+            "event_latency",
+            "Time from an event's ce-time to its handling (end to end)",
+            Unit::Seconds,
+            m.event_latency.clone(),
+        );
+        registry.register(
+            "published",
+            "Events published to the broker (from a service's outbox)",
+            m.published.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by method, route and status",
+            m.http_requests.clone(),
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to serve an HTTP request (until its response head)",
+            Unit::Seconds,
+            m.http_duration.clone(),
         );
         registry.register(
             "outbox_backlog",
@@ -178,6 +231,39 @@ impl Metrics {
             .set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
+    /// Counts `n` events of `subject` published by `service`.
+    pub fn published(&self, service: &str, subject: &str, n: u64) {
+        self.published
+            .get_or_create(&PublishedLabels {
+                service: service.to_owned(),
+                subject: subject.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// How many events of `subject` `service` has published.
+    pub fn published_count(&self, service: &str, subject: &str) -> u64 {
+        self.published
+            .get(&PublishedLabels {
+                service: service.to_owned(),
+                subject: subject.to_owned(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Records one HTTP request served.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+        };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Sets the lag of `group` on `filter`.
     pub fn set_lag(&self, group: &str, filter: &str, messages: u64) {
         self.lag
@@ -206,6 +292,47 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
+
+    /// The metrics in Prometheus's text format 0.0.4, which every scraper
+    /// and `promtool check metrics` read: [`Metrics::render`] with each
+    /// counter's family named by its samples (`…_total`), and without the
+    /// OpenMetrics-only `# UNIT` and `# EOF` lines.
+    pub fn render_text(&self) -> String {
+        to_text_format(&self.render())
+    }
+}
+
+/// OpenMetrics text (as `prometheus_client` writes it) to Prometheus text
+/// format 0.0.4.
+fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The counters of one consumer group and subject.
@@ -264,6 +391,7 @@ impl ConsumerMetrics {
             dead_lettered: m.dead_lettered.get_or_create_owned(&labels),
             duplicates: m.duplicates.get_or_create_owned(&labels),
             duration: m.duration.get_or_create_owned(&labels),
+            latency: m.event_latency.get_or_create_owned(&labels),
         });
         self.cache
             .write()
@@ -284,6 +412,7 @@ pub(crate) struct SubjectMetrics {
     dead_lettered: Counter,
     duplicates: Counter,
     duration: Histogram,
+    latency: Histogram,
 }
 
 impl SubjectMetrics {
@@ -310,5 +439,48 @@ impl SubjectMetrics {
     }
     pub(crate) fn observe(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+    }
+    /// Records how long after its `ce-time` an event was handled (a clock
+    /// behind the producer's counts as 0).
+    pub(crate) fn handled_after(&self, event_time: time::OffsetDateTime) {
+        let seconds = (time::OffsetDateTime::now_utc() - event_time).as_seconds_f64();
+        self.latency.observe(seconds.max(0.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples_and_drops_openmetrics_lines() {
+        let m = Metrics::new();
+        m.published("orders", "orders.order.placed", 3);
+        m.http_request("POST", "/v1/orders", 202, Duration::from_millis(4));
+        m.set_lag("edge-orders", "orders.order.>", 7);
+        let text = m.render_text();
+        for line in [
+            "# HELP sluice_published_total Events published to the broker (from a service's outbox).",
+            "# TYPE sluice_published_total counter",
+            "sluice_published_total{service=\"orders\",subject=\"orders.order.placed\"} 3",
+            "# TYPE sluice_http_requests_total counter",
+            "sluice_http_requests_total{method=\"POST\",route=\"/v1/orders\",status=\"202\"} 1",
+            "# TYPE sluice_http_request_duration_seconds histogram",
+            "sluice_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/orders\",status=\"202\"} 1",
+            "# TYPE sluice_consumer_lag gauge",
+            "sluice_consumer_lag{filter=\"orders.order.>\",group=\"edge-orders\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            m.render().ends_with("# EOF\n"),
+            "OpenMetrics stays as it is"
+        );
+        assert_eq!(m.published_count("orders", "orders.order.placed"), 3);
     }
 }

@@ -153,6 +153,17 @@ fn headers_from_json(text: &str) -> Result<Headers, serde_json::Error> {
     Ok(map.into_iter().collect())
 }
 
+/// Counts published events by subject (one counter update per subject).
+fn count_published(metrics: &crate::metrics::Metrics, service: &str, subjects: &[String]) {
+    let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for s in subjects {
+        *counts.entry(s.as_str()).or_default() += 1;
+    }
+    for (subject, n) in counts {
+        metrics.published(service, subject, n);
+    }
+}
+
 /// The relay's settings.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -286,6 +297,10 @@ impl Relay {
                 }
             }
         }
+        let subjects: Vec<String> = match &self.metrics {
+            Some(_) => messages.iter().map(|m| m.subject.clone()).collect(),
+            None => Vec::new(),
+        };
         let results = self.broker.publish_batch(messages).await;
         let mut published = 0;
         let mut failure = None;
@@ -297,6 +312,9 @@ impl Relay {
                     break;
                 }
             }
+        }
+        if let Some((metrics, service)) = &self.metrics {
+            count_published(metrics, service, &subjects[..published.min(subjects.len())]);
         }
         // Only the prefix before the first failure counts as sent, so a
         // failed row is published again before anything after it.

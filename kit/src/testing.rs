@@ -560,6 +560,67 @@ pub fn address_in(line: &str) -> Option<&str> {
     line.split("http://").nth(1)?.split('/').next()
 }
 
+/// Checks `text` (a `/metrics` body) with `promtool check metrics`: the
+/// exposition parses and follows Prometheus's naming conventions. promtool
+/// comes with Debian's `prometheus` package (`scripts/test.sh` installs it);
+/// `SLUICE_PROMTOOL` names another binary.
+///
+/// # Panics
+/// When promtool is missing (never a skip) or finds a problem, with its
+/// complaints and the text.
+pub fn assert_promtool_accepts(text: &str) {
+    use std::io::Write;
+    let promtool = std::env::var("SLUICE_PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {promtool} ({e}): install Debian's prometheus package \
+                 (scripts/test.sh does) or set SLUICE_PROMTOOL"
+            )
+        });
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\non:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `/metrics` of the process at `addr` once it has a line starting with
+/// `prefix` (gauges such as the consumer lag appear after the first poll),
+/// checked with [`assert_promtool_accepts`].
+///
+/// # Panics
+/// When no such line comes within 30 s, or promtool rejects the text.
+pub fn scrape_metrics(addr: &str, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(addr, "/metrics");
+        if status == 200 && body.lines().any(|l| l.starts_with(prefix)) {
+            assert_promtool_accepts(&body);
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {prefix} in /metrics of {addr} within 30 s (status {status}):\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

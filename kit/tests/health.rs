@@ -65,6 +65,17 @@ async fn ready_and_counting_on_the_embedded_broker_and_sqlite() {
         body.contains("sluice_handler_duration_seconds_bucket"),
         "{body}"
     );
+    assert!(
+        body.contains(&format!(
+            "sluice_event_latency_seconds_count{{subject=\"{subject}\",group=\"ops\"}} 1"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE sluice_consumer_handled_total counter"),
+        "Prometheus text format names a counter by its samples: {body}"
+    );
+    sluice_kit::testing::assert_promtool_accepts(&body);
 
     // A closed database pool is not ready.
     svc.stop().await;

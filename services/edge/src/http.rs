@@ -238,13 +238,27 @@ fn request_id(request: &Request) -> HeaderValue {
 }
 
 /// Gives every request an id (kept in its headers for the handlers, echoed
-/// on the response) and a span carrying it.
-pub(crate) async fn trace(mut request: Request, next: Next) -> Response {
+/// on the response) and a server span carrying it (named by the matched
+/// route, as OpenTelemetry's HTTP conventions say), and counts it in the
+/// HTTP metrics by method, route and status.
+pub(crate) async fn trace(
+    State(metrics): State<sluice_kit::Metrics>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let id = request_id(&request);
     request.headers_mut().insert(REQUEST_ID, id.clone());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
     let span = tracing::info_span!(
         "http.request",
-        http.request.method = %request.method(),
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
         url.path = %request.uri().path(),
         http.request_id = id.to_str().unwrap_or_default(),
         http.response.status_code = tracing::field::Empty,
@@ -252,6 +266,12 @@ pub(crate) async fn trace(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
+    metrics.http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, status = response.status().as_u16(), "served");
     response.headers_mut().insert(REQUEST_ID, id);
     response

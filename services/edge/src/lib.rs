@@ -467,7 +467,7 @@ pub async fn reset(
 /// The API's routes over `edge` with their limits, and `ops` (`/healthz`,
 /// `/readyz`, `/metrics`) beside them; request ids, compression and CORS
 /// around both.
-fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
+fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions, metrics: Metrics) -> Router {
     let mut api = Router::new()
         .route("/v1/accounts", post(api::register))
         .route("/v1/auth/token", post(api::token))
@@ -520,7 +520,7 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions) -> Router {
     if let Some(cors) = http::cors(&options.cors_origins) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn(http::trace))
+    app.layer(middleware::from_fn_with_state(metrics, http::trace))
 }
 
 /// Migrates `db`, starts the projections and serves the API on `listen`,
@@ -622,7 +622,7 @@ pub async fn start_with_ops(
         addr: listen,
         source,
     })?;
-    let app = router(edge, ops, &options);
+    let app = router(edge, ops, &options, metrics);
     let shutdown = Shutdown::new();
     let server = tokio::spawn(bound.serve(app, shutdown.listener()));
     Ok(Running {

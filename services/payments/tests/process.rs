@@ -31,6 +31,7 @@ fn the_service_process_is_ready_and_stops_on_sigterm() {
     let line = lines.wait_for("service running", Duration::from_secs(60));
     let addr = address_in(&line).expect("an address").to_owned();
     assert_eq!(http_get(&addr, "/readyz").0, 200);
+    sluice_kit::testing::scrape_metrics(&addr, "sluice_consumer_lag{");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
