@@ -15,14 +15,8 @@ use sluice_kit::{KitConfig, Metrics};
 
 /// Every service of the shop, in start order (producers of commands after
 /// the services that answer them).
-pub(crate) const SERVICES: [&str; 6] = [
-    "accounts",
-    "inventory",
-    "payments",
-    "orders",
-    "notifications",
-    "media",
-];
+/// (Each service's domain is named after it.)
+pub(crate) const SERVICES: [&str; 6] = sluice_edge::SHOP_DOMAINS;
 
 /// A started service, type-erased.
 struct Started {

@@ -232,6 +232,7 @@ impl Shop {
                         // test sees through the API was seen through the
                         // cache's invalidation, not its expiry.
                         cache_ttl: Duration::from_secs(3600),
+                        dead_letter_domains: self.subjects.domains.clone(),
                         ..sluice_edge::EdgeOptions::new("127.0.0.1:0".parse().unwrap())
                     },
                 )

@@ -462,27 +462,6 @@ async fn bad_tokens_and_bodies_are_problems(b: BrokerBackend, d: DbBackend) {
     shop.cleanup().await;
 }
 
-/// Adds one unit with `key` until the answer is `status` (an issued or
-/// revoked key takes effect once its event is projected).
-async fn post_until(shop: &Shop, path: &str, key: &str, status: u16) -> Response {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = shop
-            .http("POST", path, &[("X-Api-Key", key)], Some(r#"{"delta":1}"#))
-            .await;
-        if r.status == status {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {status}: {} {}",
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn catalogue_writes_need_an_api_key_with_catalog_write(b: BrokerBackend, d: DbBackend) {
     let shop = Shop::start(b, d).await;
     let new = r#"{"sku":"api-1","name":"Mug","price_cents":899,"currency":"EUR","stock":3}"#;
@@ -948,6 +927,187 @@ async fn read_models_are_replayed_while_the_edge_serves(b: BrokerBackend, d: DbB
     shop.cleanup().await;
 }
 
+/// `method path` with an `X-Api-Key` (and `body`) until it answers
+/// `status` (a key accounts issued is accepted once the edge has
+/// projected it).
+async fn until_status(
+    shop: &Shop,
+    (method, path, body): (&str, &str, Option<&str>),
+    key: &str,
+    status: u16,
+) -> Response {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = shop.http(method, path, &[("X-Api-Key", key)], body).await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {path} never {status}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST path` `{"delta":1}` with `key` until it answers `status`.
+async fn post_until(shop: &Shop, path: &str, key: &str, status: u16) -> Response {
+    until_status(shop, ("POST", path, Some(r#"{"delta":1}"#)), key, status).await
+}
+
+async fn admins_list_redrive_and_purge_dead_letters(b: BrokerBackend, d: DbBackend) {
+    use sluice_proto::shop::orders::v1::PlaceOrder;
+    let shop = Shop::start(b, d).await;
+    // Two commands the orders service cannot decode: dead letters.
+    let poison = |n: u8| {
+        let e = sluice_proto::envelope::Envelope::new::<PlaceOrder>("/test").subject("x");
+        let id = e.id.clone();
+        let m = sluice_broker::OutboundMessage::new(
+            &shop.subjects.orders.place,
+            e.to_headers(),
+            bytes::Bytes::from(vec![0xff, n]),
+        );
+        (id, m)
+    };
+    let (first_id, first) = poison(1);
+    let (second_id, second) = poison(2);
+    shop.tb.broker.publish(first).await.unwrap();
+    shop.tb.broker.publish(second).await.unwrap();
+
+    problem(&shop.http("GET", "/v1/admin/dlq", &[], None).await, 401);
+    let admin = [("X-Api-Key", ADMIN_KEY)];
+    let listed = |r: &Response| r.json()["items"].as_array().unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    let items = loop {
+        let r = shop
+            .http("GET", "/v1/admin/dlq?group=orders", &admin, None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let items = listed(&r);
+        if items.len() == 2 || Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(items.len(), 2, "{items:?}");
+    let letter = |event: &str| {
+        items
+            .iter()
+            .find(|i| i["event_id"] == event)
+            .unwrap_or_else(|| panic!("{event} in {items:?}"))
+            .clone()
+    };
+    let (one, two) = (letter(&first_id), letter(&second_id));
+    assert_eq!(one["subject"], shop.subjects.orders.place.as_str());
+    assert_eq!(one["group"], "orders");
+    assert_eq!(one["event_type"], "shop.orders.v1.PlaceOrder");
+    assert_eq!(one["payload_base64"], "/wE=");
+    assert!(
+        one["reason"].as_str().unwrap().contains("does not decode"),
+        "{one}"
+    );
+    assert!(one["deliveries"].as_u64().unwrap() >= 1, "{one}");
+    assert_eq!(one["headers"]["ce-id"], first_id.as_str());
+    // A subject filter of another domain shows none of them; a bad one is 400.
+    let inventory = format!("/v1/admin/dlq?subject={}.%3E", shop.subjects.domains[1]);
+    let r = shop.http("GET", &inventory, &admin, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        listed(&r).iter().all(|i| i["group"] != "orders"),
+        "{}",
+        r.body
+    );
+    problem(
+        &shop
+            .http("GET", "/v1/admin/dlq?subject=a..b", &admin, None)
+            .await,
+        400,
+    );
+
+    // Only keys with the scope ops may look.
+    let requester = Requester::new(shop.tb.broker.clone(), "test", Duration::from_secs(10));
+    let account = shop.customer("olga@example.com").await;
+    let mut keys = Vec::new();
+    for scopes in [vec!["catalog:write".to_owned()], vec!["ops".to_owned()]] {
+        let issued: ApiKeyResult = requester
+            .request(
+                &shop.subjects.accounts.create_api_key,
+                &CreateApiKey {
+                    account_id: account.clone(),
+                    name: "ops-test".into(),
+                    scopes,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        keys.push(issued.key);
+    }
+    let list = ("GET", "/v1/admin/dlq", None);
+    problem(&until_status(&shop, list, &keys[0], 403).await, 403);
+    until_status(&shop, list, &keys[1], 200).await;
+
+    // Redrive: published again with its id (and dead-lettered again, as it
+    // still does not decode), the old letter gone.
+    let one_id = one["id"].as_str().unwrap();
+    let r = shop
+        .http(
+            "POST",
+            &format!("/v1/admin/dlq/{one_id}/redrive"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["action"], "redriven");
+    assert_eq!(r.json()["subject"], shop.subjects.orders.place.as_str());
+    // Purge the other.
+    let two_id = two["id"].as_str().unwrap();
+    let r = shop
+        .http("DELETE", &format!("/v1/admin/dlq/{two_id}"), &admin, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["action"], "purged");
+    // Neither is listed any more; the redriven event came back once more.
+    let deadline = Instant::now() + WAIT;
+    let items = loop {
+        let r = shop
+            .http("GET", "/v1/admin/dlq?group=orders", &admin, None)
+            .await;
+        let items = listed(&r);
+        let again = items.iter().any(|i| i["event_id"] == first_id.as_str());
+        if (again && items.len() == 1) || Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["event_id"], first_id.as_str());
+    assert_ne!(items[0]["id"], one_id, "a new dead letter: {items:?}");
+    // Resolved or unknown ids are 404 problems, and change nothing.
+    for path in [
+        format!("/v1/admin/dlq/{two_id}"),
+        "/v1/admin/dlq/nope".to_owned(),
+        "/v1/admin/dlq/elsewhere:1".to_owned(),
+    ] {
+        problem(&shop.http("DELETE", &path, &admin, None).await, 404);
+    }
+    problem(
+        &shop
+            .http(
+                "POST",
+                &format!("/v1/admin/dlq/{one_id}/redrive"),
+                &admin,
+                None,
+            )
+            .await,
+        404,
+    );
+    shop.cleanup().await;
+}
+
 sluice_kit::backend_matrix!(
     read_models_are_rebuilt_from_the_log,
     read_models_are_replayed_while_the_edge_serves,
@@ -955,6 +1115,7 @@ sluice_kit::backend_matrix!(
     catalogue_writes_need_an_api_key_with_catalog_write,
     products_are_updated_and_deleted_with_an_api_key,
     an_order_flows_through_the_api,
+    admins_list_redrive_and_purge_dead_letters,
     pages_visit_every_item_once_in_a_stable_order,
     bad_tokens_and_bodies_are_problems,
 );

@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod retry;
 pub mod router;
 pub mod rpc;
+pub mod samples;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

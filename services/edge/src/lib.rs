@@ -26,6 +26,7 @@
 //!   in the request's trace span; CORS for configured origins
 //!   ([`EdgeOptions::from_env`] lists the settings).
 
+mod admin;
 mod api;
 mod auth;
 mod cache;
@@ -118,7 +119,21 @@ pub struct EdgeOptions {
     /// Where product images are kept (the media service's store); `None`:
     /// uploads are refused (503).
     pub images: Option<sluice_media::ImageStore>,
+    /// The domains whose dead letters `/v1/admin/dlq` shows and resolves
+    /// (default: the shop's six, [`SHOP_DOMAINS`]).
+    pub dead_letter_domains: Vec<String>,
 }
+
+/// The domains of the reference shop's services, in start order (producers
+/// of commands after the services that answer them).
+pub const SHOP_DOMAINS: [&str; 6] = [
+    "accounts",
+    "inventory",
+    "payments",
+    "orders",
+    "notifications",
+    "media",
+];
 
 /// The default [`EdgeOptions::cache_ttl`]: changes this edge projects drop
 /// their rows at once; the TTL bounds staleness from changes it does not
@@ -157,6 +172,7 @@ impl EdgeOptions {
             request_timeout: REQUEST_TIMEOUT,
             cache_ttl: CACHE_TTL,
             images: None,
+            dead_letter_domains: SHOP_DOMAINS.iter().map(|d| (*d).to_owned()).collect(),
         }
     }
 
@@ -286,6 +302,8 @@ pub struct Edge {
     inventory: sluice_inventory::Subjects,
     media: sluice_media::Subjects,
     images: Option<sluice_media::ImageStore>,
+    broker: Arc<dyn Broker>,
+    dead_letter_domains: Vec<String>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -493,6 +511,9 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions, metrics: Metrics)
             get(api::get_order).delete(api::cancel_order),
         )
         .route("/v1/orders/{id}/events", get(api::order_events))
+        .route("/v1/admin/dlq", get(admin::list))
+        .route("/v1/admin/dlq/{id}", axum::routing::delete(admin::purge))
+        .route("/v1/admin/dlq/{id}/redrive", post(admin::redrive))
         .fallback(|| async { Problem::not_found("no such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -592,6 +613,8 @@ pub async fn start_with_ops(
         inventory: subjects.inventory.clone(),
         media: subjects.media.clone(),
         images: options.images.clone(),
+        broker: broker.clone(),
+        dead_letter_domains: options.dead_letter_domains.clone(),
     });
     // Ask for the token keys now rather than on the first token, without
     // holding up the start: tokens are refused until accounts answers.

@@ -42,6 +42,9 @@ use crate::problem::Problem;
         api::get_order,
         api::cancel_order,
         api::order_events,
+        crate::admin::list,
+        crate::admin::redrive,
+        crate::admin::purge,
     ),
     components(schemas(Problem, api::OrderStatus)),
     modifiers(&Security, &AnyProblem),
@@ -49,6 +52,7 @@ use crate::problem::Problem;
         (name = "accounts", description = "Accounts and access tokens"),
         (name = "products", description = "The catalogue with stock"),
         (name = "orders", description = "A customer's orders"),
+        (name = "admin", description = "Operations: dead letters (API key with scope ops)"),
     )
 )]
 struct ApiDoc;
