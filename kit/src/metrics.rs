@@ -300,6 +300,27 @@ impl Metrics {
     pub fn render_text(&self) -> String {
         to_text_format(&self.render())
     }
+
+    /// Every sample name a process exports (`…_total`, `…_bucket`, `…_sum`, `…_count`, gauges).
+    pub fn exported_names() -> std::collections::BTreeSet<String> {
+        // A family without samples renders nothing, so each is touched
+        // once with placeholder labels (a new family must be added here).
+        let m = Self::new();
+        let subject = m.consumer("group").labels("subject");
+        subject.received();
+        subject.handled();
+        subject.failed();
+        subject.retried();
+        subject.duplicate();
+        subject.dead_lettered();
+        subject.observe(Duration::ZERO);
+        subject.handled_after(time::OffsetDateTime::now_utc());
+        m.published("service", "subject", 1);
+        m.http_request("GET", "/", 200, Duration::ZERO);
+        m.set_lag("group", "filter", 0);
+        m.set_outbox_backlog("service", 0);
+        m.samples().into_iter().map(|s| s.name).collect()
+    }
 }
 
 /// OpenMetrics text (as `prometheus_client` writes it) to Prometheus text
@@ -482,5 +503,42 @@ mod tests {
             "OpenMetrics stays as it is"
         );
         assert_eq!(m.published_count("orders", "orders.order.placed"), 3);
+    }
+
+    #[test]
+    fn exported_names_are_the_samples_of_every_family() {
+        let names = Metrics::exported_names();
+        let mut expected: Vec<String> = [
+            "consumer_received_total",
+            "consumer_handled_total",
+            "consumer_failed_total",
+            "consumer_retried_total",
+            "consumer_dead_lettered_total",
+            "consumer_duplicates_total",
+            "published_total",
+            "http_requests_total",
+            "outbox_backlog",
+            "consumer_lag",
+        ]
+        .iter()
+        .map(|n| format!("sluice_{n}"))
+        .collect();
+        for histogram in [
+            "handler_duration_seconds",
+            "event_latency_seconds",
+            "http_request_duration_seconds",
+        ] {
+            for suffix in ["bucket", "sum", "count"] {
+                expected.push(format!("sluice_{histogram}_{suffix}"));
+            }
+        }
+        // A family registered in `new` but not touched in `exported_names`
+        // renders no samples and would be missing here.
+        assert_eq!(
+            names,
+            expected
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+        );
     }
 }
