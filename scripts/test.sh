@@ -18,6 +18,8 @@
 #               it against a `sluice up` of its own on a free port.
 #   promtool    from Debian's prometheus package (apt-get when missing): the
 #               tests check every /metrics output with `promtool check metrics`.
+#   chromium    Debian's package, with Node.js and playwright-core (npm ci in
+#               cli/tests/browser): the dashboard's browser test.
 # No test is ever skipped: a missing broker is a failure.
 #
 # Environment given to the tests (each kept when already set):
@@ -25,6 +27,7 @@
 #   SLUICE_TEST_MOTO          .tools/moto (a pip --target folder with moto)
 #   SLUICE_TEST_SCHEMATHESIS  .tools/schemathesis (a pip --target folder)
 #   SLUICE_PROMTOOL           the promtool on PATH
+#   SLUICE_CHROMIUM           the chromium on PATH
 #   SLUICE_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #   SLUICE_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:5432/postgres
 #   SLUICE_SERVICE_WAIT       seconds to wait for a service to answer (120)
@@ -243,6 +246,27 @@ provide_promtool() {
   PROMTOOL_VERSION=$(promtool --version 2>&1 | head -n 1)
 }
 
+# The dashboard's browser test: Debian's chromium, Node.js, and
+# playwright-core (pinned in cli/tests/browser/package-lock.json) installed
+# there with npm ci (node_modules is git-ignored).
+provide_browser() {
+  command -v chromium >/dev/null || apt_install chromium
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+  local dir=$ROOT/cli/tests/browser
+  # node_modules/.sluice-lock: the lock file it was installed from.
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.sluice-lock" 2>/dev/null; then
+    say "npm ci (cli/tests/browser: playwright-core)"
+    npm ci --prefix "$dir" --no-audit --no-fund >"$LOG_DIR/npm" 2>&1 \
+      || fail "npm ci in cli/tests/browser failed: $(last_line "$LOG_DIR/npm")"
+    cp "$dir/package-lock.json" "$dir/node_modules/.sluice-lock"
+  fi
+  export SLUICE_CHROMIUM=${SLUICE_CHROMIUM:-$(command -v chromium)}
+  CHROMIUM_VERSION=$("$SLUICE_CHROMIUM" --version 2>/dev/null | head -n 1)
+  PLAYWRIGHT_VERSION=$(node -p 'require(process.argv[1]).version' "$dir/node_modules/playwright-core/package.json" 2>/dev/null || echo '?')
+}
+
 # --- main -------------------------------------------------------------------
 
 provide_build_tools
@@ -252,6 +276,7 @@ provide_nats_server
 provide_moto
 provide_schemathesis
 provide_promtool
+provide_browser
 
 export SLUICE_TEST_AMQP_URL=${SLUICE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export SLUICE_TEST_DATABASE_URL=${SLUICE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -263,6 +288,7 @@ echo "    nats-server ${NATS_SERVER_VERSION#nats-server: v} from ${SLUICE_NATS_S
 echo "    moto $MOTO_VERSION (S3) from ${SLUICE_TEST_MOTO#"$ROOT"/} (the S3 test starts its own on a free port)"
 echo "    schemathesis $SCHEMATHESIS_VERSION from ${SLUICE_TEST_SCHEMATHESIS#"$ROOT"/}"
 echo "    $PROMTOOL_VERSION ($SLUICE_PROMTOOL)"
+echo "    $CHROMIUM_VERSION ($SLUICE_CHROMIUM) with playwright-core $PLAYWRIGHT_VERSION (node $(node --version))"
 
 if [ "$PROVISION_ONLY" = 1 ]; then
   say "provisioned (--provision-only)"

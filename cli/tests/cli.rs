@@ -392,3 +392,70 @@ fn replay_rebuilds_the_orders_of_a_running_up() {
     assert!(status.success());
     assert!(child.wait().unwrap().success());
 }
+
+/// The built-in dashboard in headless Chromium (Debian's `chromium`, driven
+/// by playwright-core from `cli/tests/browser`, both provisioned by
+/// `scripts/test.sh`): a running `sluice up`, orders placed while the page
+/// is open; rates, topology and groups appear, and a dead letter is purged
+/// from the page. The screenshot is `test-output/dashboard.png`.
+#[test]
+fn dashboard_shows_live_traffic_in_a_browser() {
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: run scripts/test.sh --provision-only \
+         (npm ci there)",
+        browser.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = start_up(dir.path());
+    let serving = lines.wait_for("/healthz", Duration::from_secs(60));
+    let addr = address_in(&serving).expect("an address").to_owned();
+    let admin_key = std::fs::read_to_string(dir.path().join("admin-key")).unwrap();
+    // A command the orders service refuses: a dead letter to purge.
+    let broker = format!("embedded:{}", dir.path().join("broker.db").display());
+    run_ok(&[
+        "publish",
+        "orders.cmd.place",
+        "--type",
+        "shop.orders.v1.PlaceOrder",
+        "--json",
+        "{}",
+        "--output",
+        "json",
+        "--broker",
+        &broker,
+    ]);
+    let output = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-output");
+    std::fs::create_dir_all(&output).unwrap();
+    let screenshot = output.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let node = std::env::var("SLUICE_NODE").unwrap_or_else(|_| "node".to_owned());
+    let run = Command::new(&node)
+        .current_dir(&browser)
+        .arg("dashboard.mjs")
+        .arg(format!("http://{addr}"))
+        .arg(admin_key.trim())
+        .arg("orders.cmd.place")
+        .arg(&screenshot)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {node} ({e}): scripts/test.sh installs Node.js"));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(run.status.success(), "the browser test failed:\n{log}");
+    for step in ["rates:", "topology:", "groups:", "purged from the page"] {
+        assert!(log.contains(step), "{step} in\n{log}");
+    }
+    assert!(
+        screenshot.is_file(),
+        "a screenshot at {}",
+        screenshot.display()
+    );
+}

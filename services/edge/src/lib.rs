@@ -30,6 +30,7 @@ mod admin;
 mod api;
 mod auth;
 mod cache;
+mod dashboard;
 pub mod http;
 mod json;
 mod limit;
@@ -536,6 +537,7 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions, metrics: Metrics)
     }
     let mut app = api
         .merge(ops)
+        .merge(dashboard::router(metrics.clone()))
         .merge(openapi::router())
         .layer(http::compression());
     if let Some(cors) = http::cors(&options.cors_origins) {
