@@ -535,9 +535,15 @@ where
         let job_ctx = self.job_ctx(txn, first);
         let out = job_ctx.emitted.clone();
         let started = Instant::now();
+        // One span for the batch: the child of its first event's producer,
+        // linked to the others'.
+        let span = self.span(first);
+        for &i in &indexes[1..] {
+            crate::trace::link(&span, &jobs[i].delivery.message.headers);
+        }
         let fut = b.start(C::from_job(job_ctx), items);
         let outcome = guard(fut, self.spec.options.handler_timeout)
-            .instrument(self.span(first))
+            .instrument(span)
             .await?;
         self.metrics
             .labels(&first.delivery.message.subject)

@@ -124,7 +124,7 @@ impl<S> Ctx<S> {
 
     /// Emits a prepared message as it is (headers and all).
     pub fn emit_message(&self, mut message: OutboundMessage) {
-        crate::trace::inject(&mut message.headers);
+        crate::trace::produce(&mut message);
         self.0
             .emitted
             .lock()

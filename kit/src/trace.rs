@@ -2,6 +2,13 @@
 //! into the headers of every published event and read back by consumers, so
 //! the handler's span is a child of the span that emitted the event.
 //!
+//! Span shapes follow OpenTelemetry's messaging conventions: emitting an
+//! event opens a `create <subject>` producer span (a child of the emitting
+//! handler's or request's span, [`produce`]) whose context the message
+//! carries; a handler's `process <subject>` consumer span is its child; a
+//! batch handler's span is the child of its first event's and links the
+//! others' ([`link`]).
+//!
 //! Spans are `tracing` spans; the OpenTelemetry layer installed by
 //! [`crate::telemetry`] (or by a test, with an in-memory exporter) gives them
 //! trace ids. Without that layer these functions do nothing, and an emitted
@@ -39,6 +46,32 @@ pub fn inject(headers: &mut Headers) {
     let cx = tracing::Span::current().context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+}
+
+/// Opens the `create <subject>` producer span of a message being emitted
+/// (a child of the current span) and writes its context into the message's
+/// headers.
+pub fn produce(message: &mut sluice_broker::OutboundMessage) {
+    let span = tracing::info_span!(
+        "create",
+        otel.name = %format_args!("create {}", message.subject),
+        otel.kind = "producer",
+        messaging.operation.type = "create",
+        messaging.operation.name = "create",
+        messaging.destination.name = %message.subject,
+        messaging.message.id = message.headers.get(sluice_proto::envelope::CE_ID).unwrap_or_default(),
+    );
+    span.in_scope(|| inject(&mut message.headers));
+}
+
+/// Links `span` to the trace context carried in `headers`, if any (a batch
+/// handler's span and the events after its first).
+pub fn link(span: &tracing::Span, headers: &Headers) {
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let remote = cx.span().span_context().clone();
+    if remote.is_valid() {
+        span.add_link(remote);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Trace context crosses every broker hop: a client span, the handler of
-//! the event it published, and the handler of the event that handler emitted
-//! through the outbox share one trace, each the child of the one before.
+//! the event it published, the `create` producer span of the event that
+//! handler emitted through the outbox, and that event's handler share one
+//! trace, each the child of the one before.
 //!
 //! Its own test binary: the OpenTelemetry layer is the process's global
 //! subscriber (a per-thread one misses callsites other tests registered
@@ -103,7 +104,12 @@ async fn trace_context_crosses_every_hop(b: BrokerBackend, d: DbBackend) {
         "same trace after the outbox hop"
     );
     assert_eq!(first.parent_span_id, send.span_context.span_id());
-    assert_eq!(second.parent_span_id, first.span_context.span_id());
+    // The handler's emission is a producer span between the two handlers.
+    let create = find(&format!("create {confirmed_subject}"));
+    assert_eq!(create.span_kind, opentelemetry::trace::SpanKind::Producer);
+    assert_eq!(create.parent_span_id, first.span_context.span_id());
+    assert_eq!(second.parent_span_id, create.span_context.span_id());
+    assert_eq!(first.span_kind, opentelemetry::trace::SpanKind::Consumer);
     env.cleanup().await;
 }
 

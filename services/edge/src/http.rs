@@ -263,6 +263,15 @@ pub(crate) async fn trace(
         http.request_id = id.to_str().unwrap_or_default(),
         http.response.status_code = tracing::field::Empty,
     );
+    // A client's W3C trace context makes this span its child.
+    let carried: sluice_broker::Headers = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    sluice_kit::trace::set_parent(&span, &carried);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());

@@ -311,7 +311,7 @@ impl Sender {
         // broker and consumers' inboxes drop the copy.
         envelope.id = crate::derived_id(&row.id, "email.sent");
         let mut message = OutboundMessage::event(&self.email_sent, &envelope, &event);
-        sluice_kit::trace::inject(&mut message.headers);
+        sluice_kit::trace::produce(&mut message);
         self.emitter.commit(txn, &[message]).await?;
         tracing::info!(notification = %row.id, order = %row.order_id, template = %row.template, "e-mail sent");
         Ok(())
