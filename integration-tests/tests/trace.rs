@@ -13,28 +13,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use sluice_integration_tests::{Shop, WAIT};
 use sluice_kit::testing::{BrokerBackend, DbBackend};
-use tracing_subscriber::layer::SubscriberExt;
-
-static TELEMETRY: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
 
 fn telemetry() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
-    TELEMETRY.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("shop-test")));
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        (provider, exporter)
-    })
+    sluice_kit::testing::traces()
 }
 
 /// The finished spans of trace `trace`.

@@ -560,6 +560,37 @@ pub fn address_in(line: &str) -> Option<&str> {
     line.split("http://").nth(1)?.split('/').next()
 }
 
+/// The process's spans, kept in memory: on first use installs the global
+/// `tracing` subscriber with an OpenTelemetry layer exporting to an
+/// in-memory exporter (a trace test is a test binary of its own, as only one
+/// global subscriber can be set), and returns the provider (to flush) and
+/// the exporter (to read the finished spans).
+///
+/// # Panics
+/// When another global subscriber is already installed.
+pub fn traces() -> &'static (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    opentelemetry_sdk::trace::InMemorySpanExporter,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    static TRACES: std::sync::OnceLock<(
+        opentelemetry_sdk::trace::SdkTracerProvider,
+        opentelemetry_sdk::trace::InMemorySpanExporter,
+    )> = std::sync::OnceLock::new();
+    TRACES.get_or_init(|| {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice-test")));
+        tracing::subscriber::set_global_default(subscriber)
+            .unwrap_or_else(|e| panic!("another global subscriber is installed: {e}"));
+        (provider, exporter)
+    })
+}
+
 /// Checks `text` (a `/metrics` body) with `promtool check metrics`: the
 /// exposition parses and follows Prometheus's naming conventions. promtool
 /// comes with Debian's `prometheus` package (`scripts/test.sh` installs it);

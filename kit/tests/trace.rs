@@ -11,28 +11,15 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use common::*;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use sluice_kit::testing::{BrokerBackend, DbBackend};
 use sluice_kit::{Reactor, Service};
-use tracing_subscriber::layer::SubscriberExt;
-
-static TELEMETRY: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
 
 fn telemetry() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
-    TELEMETRY.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kit-test")));
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        (provider, exporter)
-    })
+    sluice_kit::testing::traces()
 }
 
 fn exporter() -> InMemorySpanExporter {
