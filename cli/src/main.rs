@@ -72,8 +72,9 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    // A served service sets up its own logs and traces (sluice_kit::app).
-    let serving = matches!(cli.command, Command::Serve(_));
+    // A served service sets up its own logs and traces (sluice_kit::app),
+    // `up` its logs and traces with the dashboard's recent spans.
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Up(_));
     // Operator commands print data: only warnings and errors go to stderr.
     let operator = matches!(
         cli.command,

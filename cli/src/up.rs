@@ -31,6 +31,23 @@ pub(crate) struct UpArgs {
 /// Opens the embedded log, starts every service of the shop, serves the
 /// operations endpoints, and keeps everything up until ctrl-c or SIGTERM.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Logs on stderr; spans kept for the dashboard's order traces, and
+    // exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let recent = sluice_kit::telemetry::RecentSpans::new(sluice_kit::telemetry::RECENT_SPANS);
+    let telemetry_config = sluice_kit::config::TelemetryConfig {
+        otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty()),
+        ..Default::default()
+    };
+    let telemetry = sluice_kit::telemetry::init_with_recent(&telemetry_config, "sluice", &recent)
+        .context("setting up logs and traces")?;
+    let result = serve(args, recent).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(args: UpArgs, recent: sluice_kit::telemetry::RecentSpans) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let path = args.data_dir.join("broker.db");
@@ -68,6 +85,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         Ok(o) => sluice_edge::EdgeOptions {
             admin_key: Some(admin_key),
             images: platform.image_store.clone(),
+            recent_spans: Some(recent),
             ..o
         },
         Err(e) => {
@@ -111,7 +129,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     tracing::info!(
         listen = %addr,
-        "serving the API on http://{addr}/v1/ (orders, products, accounts, auth/token), and http://{addr}/healthz, /readyz and /metrics"
+        "serving the API on http://{addr}/v1/ (orders, products, accounts, auth/token), the dashboard on http://{addr}/dashboard, and http://{addr}/healthz, /readyz and /metrics"
     );
     Shutdown::new().on_signal().await;
     tracing::info!("shutting down");

@@ -396,8 +396,9 @@ fn replay_rebuilds_the_orders_of_a_running_up() {
 /// The built-in dashboard in headless Chromium (Debian's `chromium`, driven
 /// by playwright-core from `cli/tests/browser`, both provisioned by
 /// `scripts/test.sh`): a running `sluice up`, orders placed while the page
-/// is open; rates, topology and groups appear, and a dead letter is purged
-/// from the page. The screenshot is `test-output/dashboard.png`.
+/// is open; rates, topology, groups and an order's trace appear, and a
+/// dead letter is purged from the page. The screenshot is
+/// `test-output/dashboard.png`.
 #[test]
 fn dashboard_shows_live_traffic_in_a_browser() {
     let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -450,7 +451,13 @@ fn dashboard_shows_live_traffic_in_a_browser() {
         .status();
     let _ = child.wait();
     assert!(run.status.success(), "the browser test failed:\n{log}");
-    for step in ["rates:", "topology:", "groups:", "purged from the page"] {
+    for step in [
+        "rates:",
+        "topology:",
+        "groups:",
+        "trace:",
+        "purged from the page",
+    ] {
         assert!(log.contains(step), "{step} in\n{log}");
     }
     assert!(

@@ -632,6 +632,8 @@ where
             messaging.destination.name = %m.subject,
             messaging.message.id = %job.envelope.id,
             messaging.consumer.group.name = %self.spec.name,
+            messaging.message.conversation_id = job.envelope.correlation_id.as_deref().unwrap_or_default(),
+            sluice.key = job.envelope.subject.as_deref().unwrap_or_default(),
             sluice.delivery = m.delivered,
         );
         crate::trace::set_parent(&span, &m.headers);

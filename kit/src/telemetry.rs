@@ -14,7 +14,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -75,6 +75,25 @@ where
 /// # Errors
 /// The exporter could not be built.
 pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batch_processor(endpoint)?)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build())
+}
+
+/// A batch span processor exporting to the OTLP/HTTP endpoint `endpoint`.
+fn batch_processor(
+    endpoint: &str,
+) -> Result<
+    opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor<
+        opentelemetry_sdk::runtime::Tokio,
+    >,
+    TelemetryError,
+> {
     let url = if endpoint.ends_with("/v1/traces") {
         endpoint.to_owned()
     } else {
@@ -93,20 +112,13 @@ pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider,
             endpoint: endpoint.to_owned(),
             reason: e.to_string(),
         })?;
-    let processor =
+    Ok(
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_owned())
-                .build(),
-        )
-        .build())
+        .build(),
+    )
 }
 
 /// What [`init`] set up; flush it on the way out.
@@ -155,6 +167,184 @@ pub fn init(config: &TelemetryConfig, service: &str) -> Result<Telemetry, Teleme
         tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry { provider })
+}
+
+/// The most recent finished spans of this process, kept in memory (a span
+/// processor of the tracer provider) so the dashboard can show what a
+/// request caused without an external trace store. Bounded: the oldest
+/// spans go first.
+#[derive(Debug, Clone)]
+pub struct RecentSpans {
+    spans: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<SpanData>>>,
+    capacity: usize,
+}
+
+/// One span as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpanView {
+    /// Its trace.
+    pub trace_id: String,
+    /// Its id.
+    pub span_id: String,
+    /// Its parent's id (`0000000000000000` for a root).
+    pub parent_id: String,
+    /// Its name (`process orders.order.placed`).
+    pub name: String,
+    /// `server`, `producer`, `consumer`, `client` or `internal`.
+    pub kind: String,
+    /// Start, in microseconds since the Unix epoch.
+    pub start_micros: i64,
+    /// How long it took, in microseconds.
+    pub duration_micros: i64,
+    /// Its attributes (messaging.*, http.*, sluice.*).
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// The spans of one trace, in start order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceView {
+    /// The trace id.
+    pub trace_id: String,
+    /// Its spans, earliest first.
+    pub spans: Vec<SpanView>,
+}
+
+/// Spans kept by default (a few thousand orders' worth).
+pub const RECENT_SPANS: usize = 50_000;
+
+impl RecentSpans {
+    /// Keeps the last `capacity` spans.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            spans: std::sync::Arc::default(),
+            capacity,
+        }
+    }
+
+    /// The most recent traces (newest first, at most `limit`) with a span
+    /// whose `sluice.key` (the event's aggregate key, e.g. an order id) is
+    /// `key`.
+    pub fn traces_of_key(&self, key: &str, limit: usize) -> Vec<TraceView> {
+        let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut traces: Vec<opentelemetry::trace::TraceId> = Vec::new();
+        for s in spans.iter().rev() {
+            let id = s.span_context.trace_id();
+            let matches = s
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "sluice.key" && kv.value.as_str() == key);
+            if matches && !traces.contains(&id) {
+                traces.push(id);
+                if traces.len() == limit {
+                    break;
+                }
+            }
+        }
+        traces
+            .into_iter()
+            .map(|id| {
+                let mut members: Vec<SpanView> = spans
+                    .iter()
+                    .filter(|s| s.span_context.trace_id() == id)
+                    .map(view)
+                    .collect();
+                members.sort_by_key(|s| s.start_micros);
+                TraceView {
+                    trace_id: id.to_string(),
+                    spans: members,
+                }
+            })
+            .collect()
+    }
+}
+
+fn micros(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn view(s: &SpanData) -> SpanView {
+    let start = micros(s.start_time);
+    SpanView {
+        trace_id: s.span_context.trace_id().to_string(),
+        span_id: s.span_context.span_id().to_string(),
+        parent_id: s.parent_span_id.to_string(),
+        name: s.name.to_string(),
+        kind: format!("{:?}", s.span_kind).to_lowercase(),
+        start_micros: start,
+        duration_micros: micros(s.end_time).saturating_sub(start).max(0),
+        attributes: s
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect(),
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanProcessor for RecentSpans {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.len() >= self.capacity {
+            spans.pop_front();
+        }
+        spans.push_back(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// A tracer provider keeping the recent spans in `recent`, and exporting
+/// them over OTLP as well when `config` names an endpoint; service
+/// `service`. Call from within a Tokio runtime.
+///
+/// # Errors
+/// The OTLP exporter could not be built.
+pub fn provider_with_recent(
+    config: &TelemetryConfig,
+    service: &str,
+    recent: &RecentSpans,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = SdkTracerProvider::builder()
+        .with_span_processor(recent.clone())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        );
+    if let Some(endpoint) = &config.otlp_endpoint {
+        builder = builder.with_span_processor(batch_processor(endpoint)?);
+    }
+    Ok(builder.build())
+}
+
+/// [`init`] for a process that also keeps its recent spans (`sluice up`,
+/// for the dashboard).
+///
+/// # Errors
+/// As [`init`].
+pub fn init_with_recent(
+    config: &TelemetryConfig,
+    service: &str,
+    recent: &RecentSpans,
+) -> Result<Telemetry, TelemetryError> {
+    let provider = provider_with_recent(config, service, recent)?;
+    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, Some(&provider)))
+        .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
+    if let Some(endpoint) = &config.otlp_endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 /// A writer that appends to a shared buffer (tests read what was logged).

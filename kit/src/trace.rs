@@ -61,6 +61,8 @@ pub fn produce(message: &mut sluice_broker::OutboundMessage) {
         messaging.operation.name = "create",
         messaging.destination.name = %message.subject,
         messaging.message.id = message.headers.get(sluice_proto::envelope::CE_ID).unwrap_or_default(),
+        messaging.message.conversation_id = message.headers.get(sluice_proto::envelope::CORRELATION_ID).unwrap_or_default(),
+        sluice.key = message.headers.get(sluice_proto::envelope::CE_SUBJECT).unwrap_or_default(),
     );
     span.in_scope(|| inject(&mut message.headers));
 }

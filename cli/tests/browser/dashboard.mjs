@@ -2,7 +2,7 @@
 // package, driven by playwright-core): opens /dashboard on a running
 // `sluice up`, places orders through the REST API while the page is open,
 // and checks that the page shows their event rates, the topology they went
-// through and the consumer groups; then lists the dead letters with the
+// through, the consumer groups and one order's trace; then lists the dead letters with the
 // admin key and purges one from the page. Saves a screenshot.
 //
 //   node dashboard.mjs <base URL> <admin key> <dead letter subject> <screenshot.png>
@@ -86,6 +86,15 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll("[data-testid=groups] tr")].some((tr) =>
     tr.cells[0]?.textContent === "edge-orders" && tr.cells[6].textContent.endsWith("ms")), null, { timeout: WAIT });
   console.log("groups: edge-orders with handler latency");
+
+  // The trace of one order: the command, its events and their handlers.
+  await page.fill("#trace-key", orders[0]);
+  await page.click("#trace-form button");
+  for (const span of ["POST /v1/orders", "process orders.cmd.place", "create orders.order.placed",
+    "process orders.order.placed", "process payments.cmd.charge", "process orders.order.confirmed"]) {
+    await page.waitForSelector(`[data-testid=traces] tr[data-span="${span}"]`, { timeout: WAIT });
+  }
+  console.log(`trace: the order's spans are shown (${await page.locator("[data-testid=traces] tr[data-span]").count()} spans)`);
 
   // Dead letters: listed with the admin key, purged from the page.
   await page.fill("#dlq-key", adminKey);

@@ -6,7 +6,10 @@
 //! traffic (service → subject → consumer group), each group's lag, outcomes,
 //! dead letters and handler latency percentiles, and HTTP requests. Dead
 //! letters are listed, redriven and purged on the page through
-//! `/v1/admin/dlq` with an API key holding the scope `ops`.
+//! `/v1/admin/dlq` with an API key holding the scope `ops`. The most
+//! recent traces of an order come from `/dashboard/traces?key=<order id>`:
+//! the spans the process kept ([`RecentSpans`]) of every trace that touched
+//! the order, in causal order with their timings.
 //!
 //! In `sluice up` every service shares the edge's metrics, so the page
 //! shows the whole shop; a `sluice serve edge` shows what the edge sees.
@@ -23,19 +26,60 @@ use axum::routing::get;
 use serde::Serialize;
 use sluice_kit::Metrics;
 use sluice_kit::samples::Sample;
+use sluice_kit::telemetry::RecentSpans;
 
 /// How often the stream sends a snapshot.
 const EVERY: Duration = Duration::from_secs(1);
 
 const PAGE: &str = include_str!("dashboard.html");
 
-/// `/dashboard`, `/dashboard/snapshot` and `/dashboard/stream` over `metrics`.
-pub(crate) fn router(metrics: Metrics) -> Router {
+/// `/dashboard`, `/dashboard/snapshot`, `/dashboard/stream` over `metrics`,
+/// and `/dashboard/traces` over `recent`.
+pub(crate) fn router(metrics: Metrics, recent: Option<RecentSpans>) -> Router {
     Router::new()
         .route("/dashboard", get(page))
         .route("/dashboard/snapshot", get(snapshot))
         .route("/dashboard/stream", get(stream))
         .with_state(metrics)
+        .merge(
+            Router::new()
+                .route("/dashboard/traces", get(traces))
+                .with_state(recent),
+        )
+}
+
+/// `GET /dashboard/traces` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracesQuery {
+    /// The aggregate key the traces touched: an order id.
+    key: String,
+    /// At most this many traces, newest first (default 5, at most 20).
+    limit: Option<usize>,
+}
+
+/// The most recent traces that touched a key (an order), each span with
+/// its parent, timing and messaging attributes: what a command caused.
+async fn traces(
+    State(recent): State<Option<RecentSpans>>,
+    crate::json::Params(q): crate::json::Params<TracesQuery>,
+) -> Result<Response, crate::problem::Problem> {
+    let Some(recent) = recent else {
+        return Err(crate::problem::Problem::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "no-traces",
+            "this process keeps no spans (sluice up does)",
+        ));
+    };
+    let key = q.key.trim();
+    if key.is_empty() || key.len() > 256 {
+        return Err(crate::problem::Problem::bad_request(
+            "key: an order id (1 to 256 characters)",
+        ));
+    }
+    let limit = q.limit.unwrap_or(5).clamp(1, 20);
+    let traces = recent.traces_of_key(key, limit);
+    Ok(axum::Json(serde_json::json!({ "key": key, "traces": traces })).into_response())
 }
 
 async fn page() -> Response {

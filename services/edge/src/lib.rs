@@ -123,6 +123,9 @@ pub struct EdgeOptions {
     /// The domains whose dead letters `/v1/admin/dlq` shows and resolves
     /// (default: the shop's six, [`SHOP_DOMAINS`]).
     pub dead_letter_domains: Vec<String>,
+    /// The process's recent spans, for the dashboard's traces of an order
+    /// (`sluice up` keeps them); `None`: the page has no traces to show.
+    pub recent_spans: Option<sluice_kit::telemetry::RecentSpans>,
 }
 
 /// The domains of the reference shop's services, in start order (producers
@@ -174,6 +177,7 @@ impl EdgeOptions {
             cache_ttl: CACHE_TTL,
             images: None,
             dead_letter_domains: SHOP_DOMAINS.iter().map(|d| (*d).to_owned()).collect(),
+            recent_spans: None,
         }
     }
 
@@ -537,7 +541,10 @@ fn router(edge: Arc<Edge>, ops: Router, options: &EdgeOptions, metrics: Metrics)
     }
     let mut app = api
         .merge(ops)
-        .merge(dashboard::router(metrics.clone()))
+        .merge(dashboard::router(
+            metrics.clone(),
+            options.recent_spans.clone(),
+        ))
         .merge(openapi::router())
         .layer(http::compression());
     if let Some(cors) = http::cors(&options.cors_origins) {
