@@ -74,7 +74,11 @@ fn main() -> ExitCode {
     }
     // A served service sets up its own logs and traces (sluice_kit::app),
     // `up` its logs and traces with the dashboard's recent spans.
-    let serving = matches!(cli.command, Command::Serve(_) | Command::Up(_));
+    let serving = match &cli.command {
+        Command::Serve(_) | Command::Up(_) => true,
+        Command::BenchKit(args) => args.sets_up_tracing(),
+        _ => false,
+    };
     // Operator commands print data: only warnings and errors go to stderr.
     let operator = matches!(
         cli.command,

@@ -175,6 +175,7 @@ fn the_embedded_bench_reports_both_operations() {
 fn the_kit_bench_reports_the_kit_against_a_bare_loop() {
     let out = sluice()
         .args(["bench-kit", "--events", "2000", "--rounds", "1", "--json"])
+        .arg("--telemetry-overhead")
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
@@ -187,6 +188,7 @@ fn the_kit_bench_reports_the_kit_against_a_bare_loop() {
     assert!(stdout.contains("bare consume loop"), "{stdout}");
     assert!(stdout.contains("kit handler"), "{stdout}");
     assert!(stdout.contains("\"kit_over_bare\":"), "{stdout}");
+    assert!(stdout.contains("\"telemetry_on_over_off\":"), "{stdout}");
     let out = sluice()
         .args(["bench-kit", "--events", "0"])
         .env("RUST_LOG", "off")

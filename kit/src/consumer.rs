@@ -278,7 +278,9 @@ where
     ) {
         let o = &self.spec.options;
         let mut sampler = tokio::task::JoinSet::new();
-        sampler.spawn(self.clone().sample_lag(broker, filters, shutdown.clone()));
+        if self.metrics.is_enabled() {
+            sampler.spawn(self.clone().sample_lag(broker, filters, shutdown.clone()));
+        }
         let sched = Arc::new(Sched::default());
         let window = Arc::new(Semaphore::new(o.max_in_flight.max(1)));
         // Join sets: if this task is aborted (a simulated crash), its

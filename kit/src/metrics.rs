@@ -90,6 +90,8 @@ pub struct Metrics {
     lag: Family<LagLabels, Gauge>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, LatencyBuckets>,
+    /// `false`: nothing is recorded (benchmarks of the kit without metrics).
+    enabled: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             lag: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(LatencyBuckets),
+            enabled: true,
         };
         registry.register(
             "consumer_received",
@@ -196,6 +199,20 @@ impl Metrics {
         m
     }
 
+    /// Metrics that record nothing (and a consumer with them samples no
+    /// lag): what the kit costs without metrics, for benchmarks.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::new()
+        }
+    }
+
+    /// Whether anything is recorded.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The metrics of consumer group `group`.
     pub fn consumer(&self, group: &str) -> ConsumerMetrics {
         ConsumerMetrics {
@@ -233,6 +250,9 @@ impl Metrics {
 
     /// Counts `n` events of `subject` published by `service`.
     pub fn published(&self, service: &str, subject: &str, n: u64) {
+        if !self.enabled {
+            return;
+        }
         self.published
             .get_or_create(&PublishedLabels {
                 service: service.to_owned(),
@@ -253,6 +273,9 @@ impl Metrics {
 
     /// Records one HTTP request served.
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
         let labels = HttpLabels {
             method: method.to_owned(),
             route: route.to_owned(),
@@ -388,6 +411,11 @@ impl ConsumerMetrics {
         self.metrics.set_lag(&self.group, filter, messages);
     }
 
+    /// Whether anything is recorded.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.metrics.enabled
+    }
+
     /// The counters of one subject.
     pub(crate) fn labels(&self, subject: &str) -> Arc<SubjectMetrics> {
         if let Some(m) = self
@@ -413,6 +441,7 @@ impl ConsumerMetrics {
             duplicates: m.duplicates.get_or_create_owned(&labels),
             duration: m.duration.get_or_create_owned(&labels),
             latency: m.event_latency.get_or_create_owned(&labels),
+            enabled: m.enabled,
         });
         self.cache
             .write()
@@ -434,6 +463,7 @@ pub(crate) struct SubjectMetrics {
     duplicates: Counter,
     duration: Histogram,
     latency: Histogram,
+    enabled: bool,
 }
 
 impl SubjectMetrics {
@@ -441,29 +471,46 @@ impl SubjectMetrics {
         &self.subject
     }
     pub(crate) fn received(&self) {
-        self.received.inc();
+        if self.enabled {
+            self.received.inc();
+        }
     }
     pub(crate) fn handled(&self) {
-        self.handled.inc();
+        if self.enabled {
+            self.handled.inc();
+        }
     }
     pub(crate) fn failed(&self) {
-        self.failed.inc();
+        if self.enabled {
+            self.failed.inc();
+        }
     }
     pub(crate) fn retried(&self) {
-        self.retried.inc();
+        if self.enabled {
+            self.retried.inc();
+        }
     }
     pub(crate) fn duplicate(&self) {
-        self.duplicates.inc();
+        if self.enabled {
+            self.duplicates.inc();
+        }
     }
     pub(crate) fn dead_lettered(&self) {
-        self.dead_lettered.inc();
+        if self.enabled {
+            self.dead_lettered.inc();
+        }
     }
     pub(crate) fn observe(&self, elapsed: Duration) {
-        self.duration.observe(elapsed.as_secs_f64());
+        if self.enabled {
+            self.duration.observe(elapsed.as_secs_f64());
+        }
     }
     /// Records how long after its `ce-time` an event was handled (a clock
     /// behind the producer's counts as 0).
     pub(crate) fn handled_after(&self, event_time: time::OffsetDateTime) {
+        if !self.enabled {
+            return;
+        }
         let seconds = (time::OffsetDateTime::now_utc() - event_time).as_seconds_f64();
         self.latency.observe(seconds.max(0.0));
     }

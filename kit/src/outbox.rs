@@ -228,7 +228,9 @@ impl Relay {
     }
 
     async fn report_backlog(&self) {
-        if let Some((metrics, service)) = &self.metrics {
+        if let Some((metrics, service)) = &self.metrics
+            && metrics.is_enabled()
+        {
             match backlog(&self.db).await {
                 Ok(n) => metrics.set_outbox_backlog(service, n),
                 Err(e) => tracing::debug!(error = %e, "cannot count the outbox backlog"),
@@ -298,8 +300,8 @@ impl Relay {
             }
         }
         let subjects: Vec<String> = match &self.metrics {
-            Some(_) => messages.iter().map(|m| m.subject.clone()).collect(),
-            None => Vec::new(),
+            Some((m, _)) if m.is_enabled() => messages.iter().map(|m| m.subject.clone()).collect(),
+            _ => Vec::new(),
         };
         let results = self.broker.publish_batch(messages).await;
         let mut published = 0;

@@ -51,18 +51,39 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let otel = traces.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sluice")));
+    use tracing_subscriber::Layer as _;
+    // Spans carry their own attributes; source locations, thread names and
+    // busy/idle times per span would cost every event on the hot path.
+    let otel = traces.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("sluice"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+    });
     let registry = tracing_subscriber::registry().with(filter()).with(otel);
+    // The log lines leave out the per-event messaging spans (`process`,
+    // `create`): formatting their fields for every event cost more than
+    // exporting them (the kit benchmark's telemetry overhead), and a
+    // handler's log lines name their event themselves.
+    let logs = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.is_span() && matches!(m.name(), "process" | "create"))
+    });
     match config.log_format {
-        LogFormat::Pretty => {
-            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
-        }
+        LogFormat::Pretty => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_filter(logs),
+            ),
+        ),
         LogFormat::Json => Box::new(
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(logs),
             ),
         ),
     }
@@ -117,8 +138,28 @@ fn batch_processor(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
+        .with_batch_config(batch_config())
         .build(),
     )
+}
+
+/// The batch exporter's settings: the SDK's defaults (a 2,048-span queue,
+/// batches of 512 every 5 s) drop spans at a few thousand events a second,
+/// so the queue holds 65,536 spans, sent in batches of 4,096 every second;
+/// the `OTEL_BSP_*` variables still override each.
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let unset = |name: &str| std::env::var_os(name).is_none();
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if unset("OTEL_BSP_MAX_QUEUE_SIZE") {
+        config = config.with_max_queue_size(65_536);
+    }
+    if unset("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(4_096);
+    }
+    if unset("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(Duration::from_secs(1));
+    }
+    config.build()
 }
 
 /// What [`init`] set up; flush it on the way out.
@@ -395,6 +436,34 @@ mod tests {
             tracing::info!(order_id = "o-1", "order placed");
         });
         out.contents()
+    }
+
+    #[test]
+    fn recent_spans_find_the_traces_of_a_key_newest_first() {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        use opentelemetry_sdk::trace::SpanProcessor as _;
+        let recent = RecentSpans::new(3);
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(recent.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        let mut traced = Vec::new();
+        for (name, key) in [("a", "o1"), ("b", "o2"), ("c", "o1"), ("d", "o1")] {
+            let mut span = tracer.start(name);
+            span.set_attribute(KeyValue::new("sluice.key", key));
+            traced.push(span.span_context().trace_id().to_string());
+            span.end();
+        }
+        // Three kept: "a" went first.
+        let found = recent.traces_of_key("o1", 5);
+        let names: Vec<&str> = found.iter().map(|t| t.spans[0].name.as_str()).collect();
+        assert_eq!(names, ["d", "c"]);
+        assert_eq!(found[0].trace_id, traced[3]);
+        assert_eq!(found[0].spans[0].attributes["sluice.key"], "o1");
+        assert_eq!(recent.traces_of_key("o1", 1).len(), 1);
+        assert!(recent.traces_of_key("nope", 5).is_empty());
+        assert!(recent.force_flush().is_ok());
     }
 
     #[test]

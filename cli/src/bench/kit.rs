@@ -2,6 +2,11 @@
 //! decode, one row insert, one emitted event through the outbox, inbox,
 //! commit, ack — against a bare consume loop (decode, ack) on the same
 //! embedded log, alternating rounds in one run.
+//!
+//! With `--telemetry-overhead` it also measures the kit with tracing and
+//! metrics on (every span exported over OTLP/HTTP to a receiver in the
+//! process, every metric recorded) against both off, alternating rounds,
+//! each round a child process (the tracing subscriber is process-wide).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +46,29 @@ pub(crate) struct KitBenchArgs {
     /// Print results as JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure the kit with tracing and metrics on against both off.
+    #[arg(long)]
+    telemetry_overhead: bool,
+    /// One kit round in this process with telemetry on or off (what
+    /// --telemetry-overhead runs in child processes).
+    #[arg(long, value_enum, hide = true)]
+    one_round: Option<Telemetry>,
+}
+
+/// Tracing and metrics in a kit round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Telemetry {
+    /// No metrics recorded, no spans made.
+    Off,
+    /// Every metric recorded, every span exported over OTLP/HTTP.
+    On,
+}
+
+impl KitBenchArgs {
+    /// Whether this run sets up its own tracing (a round with telemetry on).
+    pub(crate) fn sets_up_tracing(&self) -> bool {
+        self.one_round == Some(Telemetry::On)
+    }
 }
 
 /// Runs the benchmark and prints the figures.
@@ -52,12 +80,27 @@ pub(crate) async fn run(args: KitBenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir().context("temporary directory")?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    if let Some(mode) = args.one_round {
+        let handled = telemetry_round(&args, &dir, mode).await?;
+        println!("{{\"handled_seconds\":{}}}", handled.as_secs_f64());
+        return Ok(());
+    }
     let (mut bare, mut kit, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         bare.push(bare_round(&args, &dir.join(format!("bare-{round}.db"))).await?);
-        let (handled, published) = kit_round(&args, &dir.join(format!("kit-{round}"))).await?;
+        let (handled, published) =
+            kit_round(&args, &dir.join(format!("kit-{round}")), Metrics::new()).await?;
         kit.push(handled);
         relayed.push(published);
+        if args.telemetry_overhead {
+            off.push(child_round(
+                &args,
+                &dir.join(format!("off-{round}")),
+                "off",
+            )?);
+            on.push(child_round(&args, &dir.join(format!("on-{round}")), "on")?);
+        }
     }
     let rate = |d: Duration| args.events as f64 / d.as_secs_f64().max(1e-9);
     let (bare, kit, relayed) = (median(bare), median(kit), median(relayed));
@@ -77,6 +120,15 @@ pub(crate) async fn run(args: KitBenchArgs) -> anyhow::Result<()> {
             );
         }
         println!("{{\"kit_over_bare\":{:.3}}}", rate(kit) / rate(bare));
+        if args.telemetry_overhead {
+            let (off, on) = (median(off), median(on));
+            println!(
+                "{{\"telemetry_off_events_per_s\":{:.0},\"telemetry_on_events_per_s\":{:.0},\"telemetry_on_over_off\":{:.3}}}",
+                rate(off),
+                rate(on),
+                rate(on) / rate(off)
+            );
+        }
     } else {
         println!(
             "{} events over {} keys, embedded log + SQLite, median of {} rounds",
@@ -89,8 +141,37 @@ pub(crate) async fn run(args: KitBenchArgs) -> anyhow::Result<()> {
             "  kit / bare                                                 {:>10.3}",
             rate(kit) / rate(bare)
         );
+        if args.telemetry_overhead {
+            let (off, on) = (median(off), median(on));
+            println!(
+                "  {:<58} {:>10.0} events/s",
+                "kit, tracing and metrics off",
+                rate(off)
+            );
+            println!(
+                "  {:<58} {:>10.0} events/s",
+                "kit, tracing (OTLP export) and metrics on",
+                rate(on)
+            );
+            println!(
+                "  on / off                                                   {:>10.3}",
+                rate(on) / rate(off)
+            );
+        }
     }
     Ok(())
+}
+
+/// Rows the handler inserted.
+async fn handled_rows(db: &sea_orm::DatabaseConnection) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM bench_orders",
+        ))
+        .await?
+        .context("a count")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -186,9 +267,75 @@ async fn handle(ctx: Ctx<()>, ev: OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// Runs one kit round in a child process (`--one-round MODE`); how long
+/// handling took.
+fn child_round(args: &KitBenchArgs, dir: &std::path::Path, mode: &str) -> anyhow::Result<Duration> {
+    let exe = std::env::current_exe().context("the sluice binary")?;
+    let out = std::process::Command::new(exe)
+        .args(["bench-kit", "--one-round", mode])
+        .args(["--events", &args.events.to_string()])
+        .args(["--keys", &args.keys.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--wave", &args.wave.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        // Spans are made at info: on, they are all exported; off, none is
+        // made (logs are warnings only either way: the kit logs no event).
+        .env("RUST_LOG", if mode == "on" { "info" } else { "warn" })
+        .output()
+        .context("running a kit round")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the {mode} round failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("the {mode} round printed {stdout:?}"))?;
+    let secs = v["handled_seconds"]
+        .as_f64()
+        .with_context(|| format!("the {mode} round printed {stdout:?}"))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// One kit round with telemetry `mode` (in a child process): on, spans go
+/// through the OpenTelemetry layer and a batch exporter to an OTLP/HTTP
+/// receiver in this process and every metric is recorded; off, neither.
+async fn telemetry_round(
+    args: &KitBenchArgs,
+    dir: &std::path::Path,
+    mode: Telemetry,
+) -> anyhow::Result<Duration> {
+    match mode {
+        Telemetry::Off => Ok(kit_round(args, dir, Metrics::disabled()).await?.0),
+        Telemetry::On => {
+            let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let endpoint = format!("http://{}", receiver.local_addr()?);
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    std::hint::black_box(body.len());
+                    ""
+                }),
+            );
+            tokio::spawn(async move { axum::serve(receiver, app).await });
+            let config = sluice_kit::config::TelemetryConfig {
+                otlp_endpoint: Some(endpoint),
+                ..Default::default()
+            };
+            // Logs at warn, as the off round; spans at info for the exporter.
+            let telemetry = sluice_kit::telemetry::init(&config, "bench")?;
+            let handled = kit_round(args, dir, Metrics::new()).await?.0;
+            telemetry.shutdown().await;
+            Ok(handled)
+        }
+    }
+}
+
 async fn kit_round(
     args: &KitBenchArgs,
     dir: &std::path::Path,
+    metrics: Metrics,
 ) -> anyhow::Result<(Duration, Duration)> {
     std::fs::create_dir_all(dir)?;
     let broker = open_log(&dir.join("broker.db")).await?;
@@ -201,7 +348,7 @@ async fn kit_round(
     let domain = unique("bench");
     let subject = format!("{domain}.order.placed");
     publish(broker.as_ref(), events(args, &subject)).await?;
-    let metrics = Metrics::new();
+    let rows = sluice_kit::db::readers(&db, 1).await?;
     let options = ConsumerOptions {
         concurrency: args.concurrency,
         max_wave: args.wave,
@@ -222,7 +369,12 @@ async fn kit_round(
     let want = u64::try_from(args.events).unwrap_or(u64::MAX);
     let mut last = (0, Instant::now());
     loop {
-        let handled = metrics.counts("bench", &subject).handled;
+        // Counted in the database, so metrics may be off.
+        let handled = if metrics.is_enabled() {
+            metrics.counts("bench", &subject).handled
+        } else {
+            handled_rows(&rows).await?
+        };
         if handled >= want {
             break;
         }
