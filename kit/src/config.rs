@@ -133,6 +133,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How spans are sent to the OTLP endpoint (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP, `POST <endpoint>/v1/traces` (port 4318).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// gRPC (port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
 /// Logs, traces and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +153,8 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// OTLP endpoint for traces; none means no export.
     pub otlp_endpoint: Option<String>,
+    /// How spans are sent there.
+    pub otlp_protocol: OtlpProtocol,
 }
 
 /// Overrides of one consumer's options (see
@@ -236,6 +250,7 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Value {
         let path: Vec<String> = match name.as_str() {
             "DATABASE_URL" => vec!["database".into(), "url".into()],
             "OTEL_EXPORTER_OTLP_ENDPOINT" => vec!["telemetry".into(), "otlp_endpoint".into()],
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => vec!["telemetry".into(), "otlp_protocol".into()],
             _ => match name.strip_prefix("SLUICE_") {
                 Some(rest) if rest.contains("__") => {
                     rest.split("__").map(str::to_ascii_lowercase).collect()
@@ -311,6 +326,7 @@ mod tests {
                 ("SLUICE_BROKER__URL", "amqp://guest:guest@env:5672/%2f"),
                 ("DATABASE_URL", "postgres://app:pw@db/app"),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -321,6 +337,7 @@ mod tests {
             c.telemetry.otlp_endpoint.as_deref(),
             Some("http://collector:4317")
         );
+        assert_eq!(c.telemetry.otlp_protocol, OtlpProtocol::Grpc);
         assert_eq!(c.telemetry.log_format, LogFormat::Json, "file value kept");
     }
 

@@ -2,8 +2,9 @@
 //! [`TelemetryConfig`]: human-readable lines for terminals, or one JSON
 //! object per line for log collectors (level filter from `RUST_LOG`,
 //! default `info`); and, when an OTLP endpoint is configured
-//! (`OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported over OTLP
-//! (HTTP/protobuf, `<endpoint>/v1/traces`) in batches.
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported over OTLP in
+//! batches: HTTP/protobuf (`<endpoint>/v1/traces`) by default, gRPC when
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`.
 //!
 //! [`init`] returns a [`Telemetry`] guard; [`Telemetry::shutdown`] flushes
 //! the spans still buffered, the last step of a graceful shutdown.
@@ -19,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::config::{LogFormat, TelemetryConfig};
+use crate::config::{LogFormat, OtlpProtocol, TelemetryConfig};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +97,21 @@ where
 /// # Errors
 /// The exporter could not be built.
 pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    otlp_provider_with(endpoint, OtlpProtocol::HttpProtobuf, service)
+}
+
+/// A tracer provider exporting to `endpoint` over `protocol` as service
+/// `service`. Call from within a Tokio runtime.
+///
+/// # Errors
+/// The exporter could not be built.
+pub fn otlp_provider_with(
+    endpoint: &str,
+    protocol: OtlpProtocol,
+    service: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     Ok(SdkTracerProvider::builder()
-        .with_span_processor(batch_processor(endpoint)?)
+        .with_span_processor(batch_processor(endpoint, protocol)?)
         .with_resource(
             Resource::builder()
                 .with_service_name(service.to_owned())
@@ -106,33 +120,45 @@ pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider,
         .build())
 }
 
-/// A batch span processor exporting to the OTLP/HTTP endpoint `endpoint`.
+/// A batch span processor exporting to `endpoint` over `protocol`.
 fn batch_processor(
     endpoint: &str,
+    protocol: OtlpProtocol,
 ) -> Result<
     opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor<
         opentelemetry_sdk::runtime::Tokio,
     >,
     TelemetryError,
 > {
-    let url = if endpoint.ends_with("/v1/traces") {
-        endpoint.to_owned()
-    } else {
-        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    let failed = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Otlp {
+        endpoint: endpoint.to_owned(),
+        reason: e.to_string(),
     };
-    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-        Duration::from_secs(10),
-        None,
-    );
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client)
-        .with_endpoint(url)
-        .build()
-        .map_err(|e| TelemetryError::Otlp {
-            endpoint: endpoint.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let exporter = match protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let url = if endpoint.ends_with("/v1/traces") {
+                endpoint.to_owned()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+                Duration::from_secs(10),
+                None,
+            );
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(url)
+                .build()
+                .map_err(failed)?
+        }
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(failed)?,
+    };
     Ok(
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
@@ -199,13 +225,13 @@ pub async fn flush(provider: SdkTracerProvider) {
 /// A subscriber was already installed, or the exporter could not be built.
 pub fn init(config: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
     let provider = match &config.otlp_endpoint {
-        Some(endpoint) => Some(otlp_provider(endpoint, service)?),
+        Some(endpoint) => Some(otlp_provider_with(endpoint, config.otlp_protocol, service)?),
         None => None,
     };
     tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, provider.as_ref()))
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {
-        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint, protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider })
 }
@@ -362,7 +388,7 @@ pub fn provider_with_recent(
                 .build(),
         );
     if let Some(endpoint) = &config.otlp_endpoint {
-        builder = builder.with_span_processor(batch_processor(endpoint)?);
+        builder = builder.with_span_processor(batch_processor(endpoint, config.otlp_protocol)?);
     }
     Ok(builder.build())
 }
@@ -381,7 +407,7 @@ pub fn init_with_recent(
     tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, Some(&provider)))
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {
-        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint, protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry {
         provider: Some(provider),
@@ -431,6 +457,7 @@ mod tests {
         let config = TelemetryConfig {
             log_format: format,
             otlp_endpoint: None,
+            otlp_protocol: Default::default(),
         };
         tracing::subscriber::with_default(subscriber(&config, out.clone(), None), || {
             tracing::info!(order_id = "o-1", "order placed");

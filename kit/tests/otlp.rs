@@ -1,5 +1,6 @@
-//! Spans leave the process over OTLP/HTTP: a local receiver gets them, with
-//! the service name and parent/child relations intact.
+//! Spans leave the process over OTLP — HTTP/protobuf and gRPC: a local
+//! receiver of each gets them, with the service name and parent/child
+//! relations intact.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,10 +10,15 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
-use sluice_kit::config::{LogFormat, TelemetryConfig};
-use sluice_kit::telemetry::{flush, otlp_provider, subscriber};
+use sluice_kit::config::{LogFormat, OtlpProtocol, TelemetryConfig};
+use sluice_kit::telemetry::{flush, otlp_provider, otlp_provider_with, subscriber};
 
 type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
 
@@ -37,8 +43,19 @@ async fn spans_are_exported_to_the_configured_endpoint() {
     let config = TelemetryConfig {
         log_format: LogFormat::Json,
         otlp_endpoint: Some(format!("http://{addr}")),
+        otlp_protocol: Default::default(),
     };
-    let sub = subscriber(&config, std::io::sink, Some(&provider));
+    emit_place_order_then_reserve_stock(&config, provider).await;
+
+    assert_place_order_then_reserve_stock(&got.lock().unwrap(), "orders");
+}
+
+/// Two spans, a parent and its child, through `provider`; then flushed.
+async fn emit_place_order_then_reserve_stock(
+    config: &TelemetryConfig,
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+) {
+    let sub = subscriber(config, std::io::sink, Some(&provider));
     tracing::subscriber::with_default(sub, || {
         let parent = tracing::info_span!("place order");
         parent.in_scope(|| {
@@ -46,8 +63,11 @@ async fn spans_are_exported_to_the_configured_endpoint() {
         });
     });
     flush(provider).await;
+}
 
-    let requests = got.lock().unwrap().clone();
+/// The export requests hold both spans, the child under the parent, from
+/// service `service`.
+fn assert_place_order_then_reserve_stock(requests: &[ExportTraceServiceRequest], service: &str) {
     let spans: Vec<_> = requests
         .iter()
         .flat_map(|r| &r.resource_spans)
@@ -59,7 +79,7 @@ async fn spans_are_exported_to_the_configured_endpoint() {
     let child = find("reserve stock");
     assert_eq!(child.trace_id, parent.trace_id);
     assert_eq!(child.parent_span_id, parent.span_id);
-    let service = requests[0].resource_spans[0]
+    let found = requests[0].resource_spans[0]
         .resource
         .as_ref()
         .unwrap()
@@ -69,5 +89,43 @@ async fn spans_are_exported_to_the_configured_endpoint() {
         .and_then(|a| a.value.as_ref())
         .map(|v| format!("{v:?}"))
         .unwrap();
-    assert!(service.contains("orders"), "{service}");
+    assert!(found.contains(service), "{found}");
+}
+
+/// The gRPC receiver: keeps every export request.
+#[derive(Clone, Default)]
+struct GrpcReceiver(Received);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_grpc_when_asked() {
+    let got = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(GrpcReceiver(got.clone()));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        otlp_endpoint: Some(format!("http://{addr}")),
+        otlp_protocol: OtlpProtocol::Grpc,
+    };
+    let provider =
+        otlp_provider_with(&format!("http://{addr}"), OtlpProtocol::Grpc, "payments").unwrap();
+    emit_place_order_then_reserve_stock(&config, provider).await;
+    assert_place_order_then_reserve_stock(&got.lock().unwrap(), "payments");
 }
