@@ -151,12 +151,15 @@ fn export_then_import(broker: &str, domain: &str, after_window: impl FnOnce(&str
     let damaged = dir.path().join("damaged.sluice");
     std::fs::write(&damaged, &bytes).unwrap();
     let fresh = unique("imp");
-    let out = sluice()
-        .args(["import"])
-        .arg(&damaged)
-        .args(["--to-subject-prefix", &fresh, "--broker", broker])
-        .output()
-        .unwrap();
+    let import_damaged = || {
+        sluice()
+            .args(["import"])
+            .arg(&damaged)
+            .args(["--to-subject-prefix", &fresh, "--broker", broker])
+            .output()
+            .unwrap()
+    };
+    let out = import_damaged();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -167,12 +170,7 @@ fn export_then_import(broker: &str, domain: &str, after_window: impl FnOnce(&str
     assert!(err.contains("nothing was imported"), "{err}");
     bytes[n / 2] ^= 0x55;
     std::fs::write(&damaged, &bytes[..n - 30]).unwrap();
-    let out = sluice()
-        .args(["import"])
-        .arg(&damaged)
-        .args(["--to-subject-prefix", &fresh, "--broker", broker])
-        .output()
-        .unwrap();
+    let out = import_damaged();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("truncated"), "{}", stderr_of(&out));
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("edge.db").display());
