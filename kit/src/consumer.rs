@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use opentelemetry::context::FutureExt as _;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
 use sluice_broker::{
@@ -35,7 +36,6 @@ use sluice_broker::{
 };
 use sluice_proto::Envelope;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 
 use crate::db::tables::checkpoint;
 use crate::handler::{FromJob, JobCtx};
@@ -480,15 +480,16 @@ where
                 Handle::Single(h) => {
                     let job_ctx = self.job_ctx(txn, job);
                     let out = job_ctx.emitted.clone();
-                    let span = self.span(job);
+                    let cx = crate::trace::process(&self.span_of(job), std::iter::empty());
                     let started = Instant::now();
                     let fut = h.start(C::from_job(job_ctx), message)?;
                     let r = guard(fut, self.spec.options.handler_timeout)
-                        .instrument(span)
+                        .with_context(cx.clone())
                         .await;
                     self.metrics
                         .labels(&message.subject)
                         .observe(started.elapsed());
+                    crate::trace::end(&cx, r.as_ref().err().map(|e| e as _));
                     r?;
                     emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
                     outcomes.push(Outcome::Handled);
@@ -539,14 +540,18 @@ where
         let started = Instant::now();
         // One span for the batch: the child of its first event's producer,
         // linked to the others'.
-        let span = self.span(first);
-        for &i in &indexes[1..] {
-            crate::trace::link(&span, &jobs[i].delivery.message.headers);
-        }
+        let cx = crate::trace::process(
+            &self.span_of(first),
+            indexes[1..]
+                .iter()
+                .map(|&i| &jobs[i].delivery.message.headers),
+        );
         let fut = b.start(C::from_job(job_ctx), items);
         let outcome = guard(fut, self.spec.options.handler_timeout)
-            .instrument(span)
-            .await?;
+            .with_context(cx.clone())
+            .await;
+        crate::trace::end(&cx, outcome.as_ref().err().map(|e| e as _));
+        let outcome = outcome?;
         self.metrics
             .labels(&first.delivery.message.subject)
             .observe(started.elapsed());
@@ -622,24 +627,19 @@ where
         }
     }
 
-    /// The span of handling one event, continuing the producer's trace.
-    fn span(&self, job: &Job) -> tracing::Span {
+    /// What the span of handling `job` says about it.
+    fn span_of<'a>(&'a self, job: &'a Job) -> crate::trace::Process<'a> {
         let m = &job.delivery.message;
-        let span = tracing::info_span!(
-            "process",
-            otel.name = %format_args!("process {}", m.subject),
-            otel.kind = "consumer",
-            messaging.system = self.broker_kind,
-            messaging.operation.type = "process",
-            messaging.destination.name = %m.subject,
-            messaging.message.id = %job.envelope.id,
-            messaging.consumer.group.name = %self.spec.name,
-            messaging.message.conversation_id = job.envelope.correlation_id.as_deref().unwrap_or_default(),
-            sluice.key = job.envelope.subject.as_deref().unwrap_or_default(),
-            sluice.delivery = m.delivered,
-        );
-        crate::trace::set_parent(&span, &m.headers);
-        span
+        crate::trace::Process {
+            system: self.broker_kind,
+            subject: &m.subject,
+            headers: &m.headers,
+            id: &job.envelope.id,
+            group: &self.spec.name,
+            correlation_id: job.envelope.correlation_id.as_deref(),
+            key: job.envelope.subject.as_deref(),
+            delivered: m.delivered,
+        }
     }
 }
 

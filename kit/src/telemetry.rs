@@ -54,37 +54,35 @@ where
 {
     use tracing_subscriber::Layer as _;
     // Spans carry their own attributes; source locations, thread names and
-    // busy/idle times per span would cost every event on the hot path.
+    // busy/idle times per span would cost every event on the hot path. The
+    // per-event messaging spans are made by `crate::trace` with the SDK.
     let otel = traces.map(|p| {
-        tracing_opentelemetry::layer()
+        let spans = crate::trace::MessagingSpans::new(p.tracer("sluice"));
+        let bridge = tracing_opentelemetry::layer()
             .with_tracer(p.tracer("sluice"))
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            .with_target(false)
+            // `crate::trace` takes the trace context from the current
+            // `tracing` span itself, so entering a span need not start it and
+            // attach its context on every poll. (A handler's `process` span,
+            // which is no `tracing` span, is attached while it runs.)
+            .with_context_activation(false);
+        bridge.and_then(spans)
     });
     let registry = tracing_subscriber::registry().with(filter()).with(otel);
-    // The log lines leave out the per-event messaging spans (`process`,
-    // `create`): formatting their fields for every event cost more than
-    // exporting them (the kit benchmark's telemetry overhead), and a
-    // handler's log lines name their event themselves.
-    let logs = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.is_span() && matches!(m.name(), "process" | "create"))
-    });
+
     match config.log_format {
-        LogFormat::Pretty => Box::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
-                    .with_filter(logs),
-            ),
-        ),
+        LogFormat::Pretty => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
         LogFormat::Json => Box::new(
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(writer)
-                    .with_filter(logs),
+                    .with_writer(writer),
             ),
         ),
     }
@@ -126,7 +124,7 @@ fn batch_processor(
     protocol: OtlpProtocol,
 ) -> Result<
     opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor<
-        opentelemetry_sdk::runtime::Tokio,
+        opentelemetry_sdk::runtime::TokioCurrentThread,
     >,
     TelemetryError,
 > {
@@ -159,10 +157,14 @@ fn batch_processor(
             .build()
             .map_err(failed)?,
     };
+    // The exporter runs on a thread of its own (a current-thread runtime):
+    // encoding a batch of thousands of spans would otherwise hold one of the
+    // service's runtime workers for milliseconds, stalling the handlers
+    // queued behind it.
     Ok(
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
-            opentelemetry_sdk::runtime::Tokio,
+            opentelemetry_sdk::runtime::TokioCurrentThread,
         )
         .with_batch_config(batch_config())
         .build(),
@@ -208,8 +210,8 @@ impl Telemetry {
     }
 }
 
-/// Shuts `provider` down, exporting what it buffered. The SDK blocks while
-/// the exporter task (on this runtime) works, so it runs on a blocking thread.
+/// Shuts `provider` down, exporting what it buffered. The SDK blocks until
+/// the exporter's thread has sent the rest, so it runs on a blocking thread.
 pub async fn flush(provider: SdkTracerProvider) {
     match tokio::task::spawn_blocking(move || provider.shutdown()).await {
         Ok(Ok(())) => {}

@@ -584,7 +584,10 @@ pub fn traces() -> &'static (
             .with_simple_exporter(exporter.clone())
             .build();
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice-test")));
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice-test")))
+            .with(crate::trace::MessagingSpans::new(
+                provider.tracer("sluice-test"),
+            ));
         tracing::subscriber::set_global_default(subscriber)
             .unwrap_or_else(|e| panic!("another global subscriber is installed: {e}"));
         (provider, exporter)

@@ -3,21 +3,31 @@
 //! the handler's span is a child of the span that emitted the event.
 //!
 //! Span shapes follow OpenTelemetry's messaging conventions: emitting an
-//! event opens a `create <subject>` producer span (a child of the emitting
+//! event makes a `create <subject>` producer span (a child of the emitting
 //! handler's or request's span, [`produce`]) whose context the message
 //! carries; a handler's `process <subject>` consumer span is its child; a
 //! batch handler's span is the child of its first event's and links the
-//! others' ([`link`]).
+//! others' ([`process`]).
 //!
-//! Spans are `tracing` spans; the OpenTelemetry layer installed by
-//! [`crate::telemetry`] (or by a test, with an in-memory exporter) gives them
-//! trace ids. Without that layer these functions do nothing, and an emitted
-//! event carries on the consumed event's trace context as it was.
+//! These two spans, one or two per event, are made with the OpenTelemetry
+//! SDK directly rather than as `tracing` spans bridged by
+//! `tracing-opentelemetry`: that bridge cost about three times as much per
+//! span, on the path every event takes (the kit benchmark's telemetry
+//! overhead). They go to the tracer of the [`MessagingSpans`] layer that
+//! [`crate::telemetry`] installs beside the bridge (or a test, with an
+//! in-memory exporter), at `info` for target `sluice_kit::trace`. A handler
+//! runs with its `process` span as OpenTelemetry's current context, so
+//! `tracing` spans it opens are the span's children. Without that layer
+//! nothing is made, and an emitted event carries on the consumed event's
+//! trace context as it was.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
 use sluice_broker::Headers;
+use sluice_proto::envelope;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct HeaderInjector<'a>(&'a mut Headers);
@@ -40,41 +50,162 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The tracer of the kit's messaging spans, found in the `tracing`
+/// subscriber (a layer that does nothing else, so [`process`] and
+/// [`produce`] reach the same tracer provider as the `tracing` bridge).
+#[derive(Debug, Clone)]
+pub struct MessagingSpans {
+    tracer: SdkTracer,
+}
+
+impl MessagingSpans {
+    /// Messaging spans made with `tracer`.
+    pub fn new(tracer: SdkTracer) -> Self {
+        Self { tracer }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MessagingSpans {}
+
+/// Calls `f` with the messaging tracer when spans are made: the subscriber
+/// has a [`MessagingSpans`] layer and `info` is enabled for this module.
+fn with_tracer<R>(f: impl FnOnce(&SdkTracer) -> R) -> Option<R> {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return None;
+    }
+    let mut f = Some(f);
+    tracing::dispatcher::get_default(|d| {
+        let spans = d.downcast_ref::<MessagingSpans>()?;
+        f.take().map(|f| f(&spans.tracer))
+    })
+}
+
+/// The context a new span is the child of: the current `tracing` span's
+/// when it belongs to a trace (an HTTP request, a span a handler opened),
+/// else OpenTelemetry's current context (a handler's `process` span).
+fn current() -> Context {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        Context::current()
+    }
+}
+
 /// Writes the current span's trace context into `headers` (when the current
 /// span belongs to a trace).
 pub fn inject(headers: &mut Headers) {
-    let cx = tracing::Span::current().context();
+    let cx = current();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
     }
 }
 
-/// Opens the `create <subject>` producer span of a message being emitted
-/// (a child of the current span) and writes its context into the message's
+/// Makes the `create <subject>` producer span of a message being emitted (a
+/// child of the current span) and writes its context into the message's
 /// headers.
 pub fn produce(message: &mut sluice_broker::OutboundMessage) {
-    let span = tracing::info_span!(
-        "create",
-        otel.name = %format_args!("create {}", message.subject),
-        otel.kind = "producer",
-        messaging.operation.type = "create",
-        messaging.operation.name = "create",
-        messaging.destination.name = %message.subject,
-        messaging.message.id = message.headers.get(sluice_proto::envelope::CE_ID).unwrap_or_default(),
-        messaging.message.conversation_id = message.headers.get(sluice_proto::envelope::CORRELATION_ID).unwrap_or_default(),
-        sluice.key = message.headers.get(sluice_proto::envelope::CE_SUBJECT).unwrap_or_default(),
-    );
-    span.in_scope(|| inject(&mut message.headers));
+    let made = with_tracer(|tracer| {
+        let h = &message.headers;
+        let attributes = vec![
+            KeyValue::new("messaging.operation.type", "create"),
+            KeyValue::new("messaging.operation.name", "create"),
+            KeyValue::new("messaging.destination.name", message.subject.clone()),
+            KeyValue::new("messaging.message.id", header(h, envelope::CE_ID)),
+            KeyValue::new(
+                "messaging.message.conversation_id",
+                header(h, envelope::CORRELATION_ID),
+            ),
+            KeyValue::new("sluice.key", header(h, envelope::CE_SUBJECT)),
+        ];
+        let mut span = tracer
+            .span_builder(format!("create {}", message.subject))
+            .with_kind(SpanKind::Producer)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &current());
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        span.end();
+        cx
+    });
+    if let Some(cx) = made {
+        TraceContextPropagator::new()
+            .inject_context(&cx, &mut HeaderInjector(&mut message.headers));
+    }
 }
 
-/// Links `span` to the trace context carried in `headers`, if any (a batch
-/// handler's span and the events after its first).
-pub fn link(span: &tracing::Span, headers: &Headers) {
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let remote = cx.span().span_context().clone();
-    if remote.is_valid() {
-        span.add_link(remote);
+fn header(headers: &Headers, name: &str) -> String {
+    headers.get(name).unwrap_or_default().to_owned()
+}
+
+/// What a `process` span says about the event (or the first of a batch).
+pub(crate) struct Process<'a> {
+    /// `messaging.system`: the broker's kind.
+    pub(crate) system: &'static str,
+    /// The event's subject.
+    pub(crate) subject: &'a str,
+    /// The event's headers (its trace context).
+    pub(crate) headers: &'a Headers,
+    /// Its `ce-id`.
+    pub(crate) id: &'a str,
+    /// The consumer group.
+    pub(crate) group: &'a str,
+    /// Its correlation id.
+    pub(crate) correlation_id: Option<&'a str>,
+    /// Its aggregate key (`ce-subject`).
+    pub(crate) key: Option<&'a str>,
+    /// How many times it has been delivered.
+    pub(crate) delivered: u32,
+}
+
+/// Starts the `process <subject>` consumer span of handling an event, the
+/// child of the trace context in its headers and linked to those of
+/// `links` (a batch's other events); returns the context to run the
+/// handler in (without a span when none is made). End it with [`end`].
+pub(crate) fn process<'a>(p: &Process<'_>, links: impl Iterator<Item = &'a Headers>) -> Context {
+    with_tracer(|tracer| {
+        let propagator = TraceContextPropagator::new();
+        let parent = propagator.extract(&HeaderExtractor(p.headers));
+        let links: Vec<Link> = links
+            .filter_map(|h| {
+                let remote = propagator.extract(&HeaderExtractor(h));
+                let sc = remote.span().span_context().clone();
+                sc.is_valid().then(|| Link::with_context(sc))
+            })
+            .collect();
+        let attributes = vec![
+            KeyValue::new("messaging.system", p.system),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", p.subject.to_owned()),
+            KeyValue::new("messaging.message.id", p.id.to_owned()),
+            KeyValue::new("messaging.consumer.group.name", p.group.to_owned()),
+            KeyValue::new(
+                "messaging.message.conversation_id",
+                p.correlation_id.unwrap_or_default().to_owned(),
+            ),
+            KeyValue::new("sluice.key", p.key.unwrap_or_default().to_owned()),
+            KeyValue::new("sluice.delivery", i64::from(p.delivered)),
+        ];
+        let mut builder = tracer
+            .span_builder(format!("process {}", p.subject))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes);
+        if !links.is_empty() {
+            builder = builder.with_links(links);
+        }
+        let span = builder.start_with_context(tracer, &parent);
+        parent.with_span(span)
+    })
+    .unwrap_or_default()
+}
+
+/// Ends the span of `cx` (from [`process`]), marked failed with `error`'s
+/// message when the handler failed.
+pub(crate) fn end(cx: &Context, error: Option<&dyn std::fmt::Display>) {
+    let span = cx.span();
+    if let Some(e) = error {
+        span.set_status(Status::error(e.to_string()));
     }
+    span.end();
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.

@@ -119,3 +119,97 @@ async fn nats_postgres() {
 async fn amqp_postgres() {
     trace_context_crosses_every_hop(BrokerBackend::Amqp, DbBackend::Postgres).await;
 }
+
+/// A handler's own `tracing` span is a child of its `process` span (which
+/// is made with the SDK, not as a `tracing` span), and an event emitted in
+/// it is that span's child; a failed handler's `process` span is marked
+/// with the error.
+async fn lookup_then_confirm(
+    ctx: sluice_kit::Ctx<Arc<Probe>>,
+    ev: sluice_proto::shop::orders::v1::OrderPlaced,
+) -> Result<(), sluice_kit::HandlerError> {
+    use tracing::Instrument as _;
+    if ev.total_cents < 0 {
+        return Err(sluice_kit::HandlerError::Permanent(
+            "a negative total".into(),
+        ));
+    }
+    async { confirm(ctx, ev).await }
+        .instrument(tracing::info_span!("lookup"))
+        .await
+}
+
+#[tokio::test]
+async fn handler_spans_nest_under_process_and_failures_are_marked() {
+    use opentelemetry::trace::Status;
+    let exporter = exporter();
+    let env = Env::new(BrokerBackend::Embedded, DbBackend::Sqlite).await;
+    let probe = Arc::new(Probe::default());
+    let placed_subject = env.subject("order.placed");
+    let confirmed_subject = env.subject("order.confirmed");
+    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+        .reactor(
+            Reactor::new("lookup", probe.clone())
+                .on(&placed_subject, lookup_then_confirm)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = tracing::info_span!("client");
+    for (key, total) in [("good", 5), ("bad", -1)] {
+        let mut m = placed(&placed_subject, key, total);
+        client.in_scope(|| sluice_kit::trace::inject(&mut m.headers));
+        env.tb.broker.publish(m).await.unwrap();
+    }
+    eventually("the good event handled", || async {
+        !probe.calls().is_empty()
+    })
+    .await;
+    let process = format!("process {placed_subject}");
+    eventually("the bad event's span", || async {
+        provider().force_flush().unwrap();
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == process && matches!(s.status, Status::Error { .. }))
+    })
+    .await;
+    svc.stop().await;
+    provider().force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let keyed = |name: &str, key: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.attributes
+                        .iter()
+                        .any(|kv| kv.key.as_str() == "sluice.key" && kv.value.as_str() == key)
+            })
+            .unwrap_or_else(|| panic!("span {name} of {key}"))
+            .clone()
+    };
+    let good = keyed(&process, "good");
+    assert_eq!(good.status, Status::Unset, "the good event's span");
+    let lookup = spans
+        .iter()
+        .find(|s| s.name == "lookup" && s.parent_span_id == good.span_context.span_id())
+        .expect("the handler's own span is the process span's child");
+    assert_eq!(lookup.span_context.trace_id(), good.span_context.trace_id());
+    let create = keyed(&format!("create {confirmed_subject}"), "good");
+    assert_eq!(
+        create.parent_span_id,
+        lookup.span_context.span_id(),
+        "an event emitted inside the handler's span is its child"
+    );
+    let bad = keyed(&process, "bad");
+    match &bad.status {
+        Status::Error { description } => {
+            assert!(description.contains("a negative total"), "{description}")
+        }
+        other => panic!("the failed handler's span: {other:?}"),
+    }
+    env.cleanup().await;
+}

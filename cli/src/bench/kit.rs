@@ -94,12 +94,21 @@ pub(crate) async fn run(args: KitBenchArgs) -> anyhow::Result<()> {
         kit.push(handled);
         relayed.push(published);
         if args.telemetry_overhead {
-            off.push(child_round(
-                &args,
-                &dir.join(format!("off-{round}")),
-                "off",
-            )?);
-            on.push(child_round(&args, &dir.join(format!("on-{round}")), "on")?);
+            // Alternating which goes first: a round runs slower while the
+            // previous one's files are still being written back.
+            let order = if round % 2 == 0 {
+                ["off", "on"]
+            } else {
+                ["on", "off"]
+            };
+            for mode in order {
+                let took = child_round(&args, &dir.join(format!("{mode}-{round}")), mode)?;
+                if mode == "on" {
+                    on.push(took)
+                } else {
+                    off.push(took)
+                }
+            }
         }
     }
     let rate = |d: Duration| args.events as f64 / d.as_secs_f64().max(1e-9);
@@ -309,16 +318,27 @@ async fn telemetry_round(
     match mode {
         Telemetry::Off => Ok(kit_round(args, dir, Metrics::disabled()).await?.0),
         Telemetry::On => {
-            let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let receiver = std::net::TcpListener::bind("127.0.0.1:0")?;
+            receiver.set_nonblocking(true)?;
             let endpoint = format!("http://{}", receiver.local_addr()?);
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(|body: axum::body::Bytes| async move {
-                    std::hint::black_box(body.len());
-                    ""
-                }),
-            );
-            tokio::spawn(async move { axum::serve(receiver, app).await });
+            // The receiver stands in for a collector, a process of its own:
+            // it runs on its own thread so it does not share the service's
+            // runtime workers.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let app = axum::Router::new().route(
+                        "/v1/traces",
+                        axum::routing::post(|body: axum::body::Bytes| async move {
+                            std::hint::black_box(body.len());
+                            ""
+                        }),
+                    );
+                    axum::serve(tokio::net::TcpListener::from_std(receiver)?, app).await
+                })
+            });
             let config = sluice_kit::config::TelemetryConfig {
                 otlp_endpoint: Some(endpoint),
                 ..Default::default()
