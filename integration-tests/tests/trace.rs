@@ -119,6 +119,8 @@ async fn one_trace_spans_every_hop_of_an_order(b: BrokerBackend, d: DbBackend) {
             format!("process {}", s.orders.order_confirmed),
             Some("notifications"),
         ),
+        // Emitted later by the notifications sender, after the e-mail went.
+        (format!("create {}", s.notifications.email_sent), None),
     ];
     let present = |spans: &[SpanData], (name, group): &(String, Option<&str>)| {
         spans.iter().any(|sp| {
@@ -212,6 +214,21 @@ async fn one_trace_spans_every_hop_of_an_order(b: BrokerBackend, d: DbBackend) {
             sp.name
         );
     }
+    // The sender's `email.sent` continues the trace of the handler that
+    // recorded the e-mail, though it is emitted later by another task.
+    let email_sent = spans
+        .iter()
+        .find(|sp| sp.name == format!("create {}", s.notifications.email_sent))
+        .unwrap();
+    let recorded = by_id.get(&email_sent.parent_span_id).unwrap();
+    assert_eq!(
+        recorded.name,
+        format!("process {}", s.orders.order_confirmed)
+    );
+    assert_eq!(
+        attribute(recorded, "messaging.consumer.group.name").as_deref(),
+        Some("notifications")
+    );
     shop.cleanup().await;
 }
 

@@ -119,56 +119,117 @@ pub fn otlp_provider_with(
 }
 
 /// A batch span processor exporting to `endpoint` over `protocol`.
+///
+/// The SDK's batch processor: ending a span puts it on a queue without
+/// waking anything (its thread wakes when a batch is full or the delay is
+/// up) — the async-runtime variant woke its task for every span, a futex
+/// call per span on the handler's path. Its thread runs exports to
+/// completion, so they run on a runtime of their own ([`OwnRuntime`]).
 fn batch_processor(
     endpoint: &str,
     protocol: OtlpProtocol,
-) -> Result<
-    opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor<
-        opentelemetry_sdk::runtime::TokioCurrentThread,
-    >,
-    TelemetryError,
-> {
-    let failed = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Otlp {
+) -> Result<opentelemetry_sdk::trace::BatchSpanProcessor, TelemetryError> {
+    let failed = |reason: String| TelemetryError::Otlp {
         endpoint: endpoint.to_owned(),
-        reason: e.to_string(),
+        reason,
     };
-    let exporter = match protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let url = if endpoint.ends_with("/v1/traces") {
-                endpoint.to_owned()
-            } else {
-                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-            };
-            let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-                Duration::from_secs(10),
-                None,
-            );
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client)
-                .with_endpoint(url)
-                .build()
-                .map_err(failed)?
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    // The exporters spawn their connections' tasks where they are built.
+    let built = {
+        let _in_runtime = runtime.enter();
+        match protocol {
+            OtlpProtocol::HttpProtobuf => {
+                let url = if endpoint.ends_with("/v1/traces") {
+                    endpoint.to_owned()
+                } else {
+                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                };
+                let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    Duration::from_secs(10),
+                    None,
+                );
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_http_client(client)
+                    .with_endpoint(url)
+                    .build()
+            }
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(10))
+                .build(),
         }
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(failed)?,
     };
-    // The exporter runs on a thread of its own (a current-thread runtime):
-    // encoding a batch of thousands of spans would otherwise hold one of the
-    // service's runtime workers for milliseconds, stalling the handlers
-    // queued behind it.
+    let exporter = built.map_err(|e| failed(e.to_string()))?;
     Ok(
-        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
-            opentelemetry_sdk::runtime::TokioCurrentThread,
-        )
+        opentelemetry_sdk::trace::BatchSpanProcessor::builder(OwnRuntime {
+            exporter: std::sync::Arc::new(exporter),
+            runtime: Some(runtime),
+        })
         .with_batch_config(batch_config())
         .build(),
     )
+}
+
+/// An OTLP exporter whose exports run on a Tokio runtime of its own (one
+/// worker thread): the batch processor's thread waits for them, and the
+/// encoding of thousands of spans never holds a worker of the service's
+/// runtime.
+#[derive(Debug)]
+struct OwnRuntime {
+    exporter: std::sync::Arc<opentelemetry_otlp::SpanExporter>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OwnRuntime {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        use opentelemetry_sdk::error::OTelSdkError;
+        let exporter = self.exporter.clone();
+        let handle = self.runtime.as_ref().map(|r| r.handle().clone());
+        async move {
+            let Some(handle) = handle else {
+                return Err(OTelSdkError::AlreadyShutdown);
+            };
+            handle
+                .spawn(async move { exporter.export(batch).await })
+                .await
+                .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())))
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        // Called before the first export, while nothing else holds it.
+        if let Some(exporter) = std::sync::Arc::get_mut(&mut self.exporter) {
+            exporter.set_resource(resource);
+        }
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        // Dropped on the batch processor's thread, or in an async context
+        // on a failed set-up: never block there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The batch exporter's settings: the SDK's defaults (a 2,048-span queue,
@@ -211,7 +272,8 @@ impl Telemetry {
 }
 
 /// Shuts `provider` down, exporting what it buffered. The SDK blocks until
-/// the exporter's thread has sent the rest, so it runs on a blocking thread.
+/// the batch processor's thread has sent the rest, so it runs on a blocking
+/// thread.
 pub async fn flush(provider: SdkTracerProvider) {
     match tokio::task::spawn_blocking(move || provider.shutdown()).await {
         Ok(Ok(())) => {}

@@ -101,10 +101,37 @@ pub fn inject(headers: &mut Headers) {
     }
 }
 
+/// The current span's W3C `traceparent`, to keep with work done later
+/// outside it (see [`produce_within`]); `None` outside a trace.
+pub fn traceparent() -> Option<String> {
+    let mut headers = Headers::new();
+    inject(&mut headers);
+    headers.get("traceparent").map(str::to_owned)
+}
+
 /// Makes the `create <subject>` producer span of a message being emitted (a
 /// child of the current span) and writes its context into the message's
 /// headers.
 pub fn produce(message: &mut sluice_broker::OutboundMessage) {
+    produce_from(message, current());
+}
+
+/// [`produce`] for a message emitted later, outside the span that caused
+/// it: its `create` span is the child of `traceparent` (from
+/// [`traceparent`], kept with the work), or of the current span without one.
+pub fn produce_within(message: &mut sluice_broker::OutboundMessage, traceparent: Option<&str>) {
+    let parent = match traceparent {
+        Some(tp) => {
+            let mut headers = Headers::new();
+            headers.insert("traceparent", tp.to_owned());
+            TraceContextPropagator::new().extract(&HeaderExtractor(&headers))
+        }
+        None => current(),
+    };
+    produce_from(message, parent);
+}
+
+fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: Context) {
     let made = with_tracer(|tracer| {
         let h = &message.headers;
         let attributes = vec![
@@ -122,7 +149,7 @@ pub fn produce(message: &mut sluice_broker::OutboundMessage) {
             .span_builder(format!("create {}", message.subject))
             .with_kind(SpanKind::Producer)
             .with_attributes(attributes)
-            .start_with_context(tracer, &current());
+            .start_with_context(tracer, &parent);
         let cx = Context::new().with_remote_span_context(span.span_context().clone());
         span.end();
         cx

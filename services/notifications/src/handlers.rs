@@ -140,6 +140,7 @@ async fn record(
         next_attempt_at: now,
         created_at: now,
         sent_at: None,
+        trace_parent: sluice_kit::trace::traceparent(),
     };
     let address = addresses::Entity::find_by_id(customer_id.to_owned())
         .one(ctx.db())

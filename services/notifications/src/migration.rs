@@ -10,7 +10,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTables)]
+        vec![Box::new(CreateTables), Box::new(AddTraceParent)]
     }
 }
 
@@ -41,6 +41,7 @@ enum Notifications {
     NextAttemptAt,
     CreatedAt,
     SentAt,
+    TraceParent,
 }
 
 struct CreateTables;
@@ -138,6 +139,30 @@ impl MigrationTrait for CreateTables {
                 .table(Notifications::Table)
                 .if_not_exists()
                 .col(Notifications::OrderId)
+                .to_owned(),
+        )
+        .await
+    }
+}
+
+/// Keeps the `traceparent` of the handler that recorded an e-mail, so the
+/// `email.sent` the sender emits later continues the order's trace.
+struct AddTraceParent;
+
+impl MigrationName for AddTraceParent {
+    fn name(&self) -> &str {
+        "m0002_notifications_trace_parent"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for AddTraceParent {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Notifications::Table)
+                .add_column(ColumnDef::new(Notifications::TraceParent).string().null())
                 .to_owned(),
         )
         .await

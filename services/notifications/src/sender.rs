@@ -311,7 +311,9 @@ impl Sender {
         // broker and consumers' inboxes drop the copy.
         envelope.id = crate::derived_id(&row.id, "email.sent");
         let mut message = OutboundMessage::event(&self.email_sent, &envelope, &event);
-        sluice_kit::trace::produce(&mut message);
+        // Sent later, by this task: the event continues the trace of the
+        // handler that recorded the e-mail.
+        sluice_kit::trace::produce_within(&mut message, row.trace_parent.as_deref());
         self.emitter.commit(txn, &[message]).await?;
         tracing::info!(notification = %row.id, order = %row.order_id, template = %row.template, "e-mail sent");
         Ok(())
@@ -405,6 +407,7 @@ mod tests {
             next_attempt_at: 0,
             created_at: 1_700_000_000_000_000,
             sent_at: None,
+            trace_parent: None,
         };
         let one = t.message(&row).unwrap().formatted();
         let two = t.message(&row).unwrap().formatted();

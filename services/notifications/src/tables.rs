@@ -70,6 +70,9 @@ pub mod notifications {
         pub created_at: i64,
         /// When it was delivered (µs since the epoch).
         pub sent_at: Option<i64>,
+        /// The W3C `traceparent` of the handler that recorded it: the
+        /// `email.sent` event continues that trace.
+        pub trace_parent: Option<String>,
     }
 
     /// No relations.
