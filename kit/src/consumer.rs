@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use opentelemetry::context::FutureExt as _;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
 use sluice_broker::{
@@ -483,13 +482,11 @@ where
                     let cx = crate::trace::process(&self.span_of(job), std::iter::empty());
                     let started = Instant::now();
                     let fut = h.start(C::from_job(job_ctx), message)?;
-                    let r = guard(fut, self.spec.options.handler_timeout)
-                        .with_context(cx.clone())
+                    let r = crate::trace::traced(cx, guard(fut, self.spec.options.handler_timeout))
                         .await;
                     self.metrics
                         .labels(&message.subject)
                         .observe(started.elapsed());
-                    crate::trace::end(&cx, r.as_ref().err().map(|e| e as _));
                     r?;
                     emitted.append(&mut out.lock().unwrap_or_else(|p| p.into_inner()));
                     outcomes.push(Outcome::Handled);
@@ -547,11 +544,8 @@ where
                 .map(|&i| &jobs[i].delivery.message.headers),
         );
         let fut = b.start(C::from_job(job_ctx), items);
-        let outcome = guard(fut, self.spec.options.handler_timeout)
-            .with_context(cx.clone())
-            .await;
-        crate::trace::end(&cx, outcome.as_ref().err().map(|e| e as _));
-        let outcome = outcome?;
+        let outcome =
+            crate::trace::traced(cx, guard(fut, self.spec.options.handler_timeout)).await?;
         self.metrics
             .labels(&first.delivery.message.subject)
             .observe(started.elapsed());

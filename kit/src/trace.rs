@@ -50,6 +50,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// A lone `traceparent` value, kept apart from its message.
+struct TraceparentExtractor<'a>(&'a str);
+
+impl Extractor for TraceparentExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// The trace context carried in `headers` (empty when they carry none).
+fn extract(headers: &Headers) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
 /// The tracer of the kit's messaging spans, found in the `tracing`
 /// subscriber (a layer that does nothing else, so [`process`] and
 /// [`produce`] reach the same tracer provider as the `tracing` bridge).
@@ -113,26 +131,24 @@ pub fn traceparent() -> Option<String> {
 /// child of the current span) and writes its context into the message's
 /// headers.
 pub fn produce(message: &mut sluice_broker::OutboundMessage) {
-    produce_from(message, current());
+    produce_from(message, current);
 }
 
 /// [`produce`] for a message emitted later, outside the span that caused
 /// it: its `create` span is the child of `traceparent` (from
 /// [`traceparent`], kept with the work), or of the current span without one.
 pub fn produce_within(message: &mut sluice_broker::OutboundMessage, traceparent: Option<&str>) {
-    let parent = match traceparent {
-        Some(tp) => {
-            let mut headers = Headers::new();
-            headers.insert("traceparent", tp.to_owned());
-            TraceContextPropagator::new().extract(&HeaderExtractor(&headers))
-        }
+    produce_from(message, || match traceparent {
+        Some(tp) => TraceContextPropagator::new().extract(&TraceparentExtractor(tp)),
         None => current(),
-    };
-    produce_from(message, parent);
+    });
 }
 
-fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: Context) {
+/// Makes the `create` span, the child of `parent()` (worked out only when
+/// spans are made).
+fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: impl FnOnce() -> Context) {
     let made = with_tracer(|tracer| {
+        let parent = parent();
         let h = &message.headers;
         let attributes = vec![
             KeyValue::new("messaging.operation.type", "create"),
@@ -187,14 +203,16 @@ pub(crate) struct Process<'a> {
 /// Starts the `process <subject>` consumer span of handling an event, the
 /// child of the trace context in its headers and linked to those of
 /// `links` (a batch's other events); returns the context to run the
-/// handler in (without a span when none is made). End it with [`end`].
-pub(crate) fn process<'a>(p: &Process<'_>, links: impl Iterator<Item = &'a Headers>) -> Context {
+/// handler in, `None` when no span is made. Run the handler with [`traced`].
+pub(crate) fn process<'a>(
+    p: &Process<'_>,
+    links: impl Iterator<Item = &'a Headers>,
+) -> Option<Context> {
     with_tracer(|tracer| {
-        let propagator = TraceContextPropagator::new();
-        let parent = propagator.extract(&HeaderExtractor(p.headers));
+        let parent = extract(p.headers);
         let links: Vec<Link> = links
             .filter_map(|h| {
-                let remote = propagator.extract(&HeaderExtractor(h));
+                let remote = extract(h);
                 let sc = remote.span().span_context().clone();
                 sc.is_valid().then(|| Link::with_context(sc))
             })
@@ -222,22 +240,31 @@ pub(crate) fn process<'a>(p: &Process<'_>, links: impl Iterator<Item = &'a Heade
         let span = builder.start_with_context(tracer, &parent);
         parent.with_span(span)
     })
-    .unwrap_or_default()
 }
 
-/// Ends the span of `cx` (from [`process`]), marked failed with `error`'s
-/// message when the handler failed.
-pub(crate) fn end(cx: &Context, error: Option<&dyn std::fmt::Display>) {
+/// Runs a handler's future with the `process` span of `cx` (from
+/// [`process`]) as OpenTelemetry's current context, then ends the span,
+/// marked failed with the error's message when the handler failed.
+pub(crate) async fn traced<T, E: std::fmt::Display>(
+    cx: Option<Context>,
+    handler: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use opentelemetry::context::FutureExt as _;
+    let Some(cx) = cx else {
+        return handler.await;
+    };
+    let r = handler.with_context(cx.clone()).await;
     let span = cx.span();
-    if let Some(e) = error {
+    if let Err(e) = &r {
         span.set_status(Status::error(e.to_string()));
     }
     span.end();
+    r
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent(span: &tracing::Span, headers: &Headers) {
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let cx = extract(headers);
     if cx.span().span_context().is_valid() {
         // Fails only when the span is disabled or already started a trace.
         let _ = span.set_parent(cx);
