@@ -33,8 +33,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 struct HeaderInjector<'a>(&'a mut Headers);
 
 impl Injector for HeaderInjector<'_> {
+    /// Empty values are left out: the propagator writes an empty
+    /// `tracestate` for every span without one, which W3C reads as absent,
+    /// and every header is stored with the event in the outbox and the log.
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value);
+        if !value.is_empty() {
+            self.0.insert(key, value);
+        }
     }
 }
 
@@ -150,17 +155,19 @@ fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: impl FnOnc
     let made = with_tracer(|tracer| {
         let parent = parent();
         let h = &message.headers;
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(6);
+        attributes.extend([
             KeyValue::new("messaging.operation.type", "create"),
             KeyValue::new("messaging.operation.name", "create"),
             KeyValue::new("messaging.destination.name", message.subject.clone()),
             KeyValue::new("messaging.message.id", header(h, envelope::CE_ID)),
-            KeyValue::new(
-                "messaging.message.conversation_id",
-                header(h, envelope::CORRELATION_ID),
-            ),
-            KeyValue::new("sluice.key", header(h, envelope::CE_SUBJECT)),
-        ];
+        ]);
+        optional(
+            &mut attributes,
+            "messaging.message.conversation_id",
+            h.get(envelope::CORRELATION_ID),
+        );
+        optional(&mut attributes, "sluice.key", h.get(envelope::CE_SUBJECT));
         let mut span = tracer
             .span_builder(format!("create {}", message.subject))
             .with_kind(SpanKind::Producer)
@@ -178,6 +185,14 @@ fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: impl FnOnc
 
 fn header(headers: &Headers, name: &str) -> String {
     headers.get(name).unwrap_or_default().to_owned()
+}
+
+/// Adds attribute `key` when `value` is there and not empty (an empty
+/// attribute says nothing, and every attribute is exported with its span).
+fn optional(attributes: &mut Vec<KeyValue>, key: &'static str, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        attributes.push(KeyValue::new(key, v.to_owned()));
+    }
 }
 
 /// What a `process` span says about the event (or the first of a batch).
@@ -217,19 +232,21 @@ pub(crate) fn process<'a>(
                 sc.is_valid().then(|| Link::with_context(sc))
             })
             .collect();
-        let attributes = vec![
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
             KeyValue::new("messaging.system", p.system),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.destination.name", p.subject.to_owned()),
             KeyValue::new("messaging.message.id", p.id.to_owned()),
             KeyValue::new("messaging.consumer.group.name", p.group.to_owned()),
-            KeyValue::new(
-                "messaging.message.conversation_id",
-                p.correlation_id.unwrap_or_default().to_owned(),
-            ),
-            KeyValue::new("sluice.key", p.key.unwrap_or_default().to_owned()),
             KeyValue::new("sluice.delivery", i64::from(p.delivered)),
-        ];
+        ]);
+        optional(
+            &mut attributes,
+            "messaging.message.conversation_id",
+            p.correlation_id,
+        );
+        optional(&mut attributes, "sluice.key", p.key);
         let mut builder = tracer
             .span_builder(format!("process {}", p.subject))
             .with_kind(SpanKind::Consumer)

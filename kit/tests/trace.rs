@@ -58,6 +58,11 @@ async fn trace_context_crosses_every_hop(b: BrokerBackend, d: DbBackend) {
             m.headers.get("traceparent").is_some(),
             "the client span has a trace"
         );
+        assert_eq!(
+            m.headers.get("tracestate"),
+            None,
+            "an empty tracestate is not written"
+        );
         env.tb.broker.publish(m).await.unwrap();
     }
     eventually("both hops", || async { probe.calls().len() >= 2 }).await;
@@ -97,6 +102,24 @@ async fn trace_context_crosses_every_hop(b: BrokerBackend, d: DbBackend) {
     assert_eq!(create.parent_span_id, first.span_context.span_id());
     assert_eq!(second.parent_span_id, create.span_context.span_id());
     assert_eq!(first.span_kind, opentelemetry::trace::SpanKind::Consumer);
+    for s in [&first, &create, &second] {
+        assert!(
+            s.attributes.iter().all(|kv| !kv.value.as_str().is_empty()),
+            "no empty attribute on {}: {:?}",
+            s.name,
+            s.attributes
+        );
+    }
+    // The emitted event is part of the placed event's conversation.
+    for s in [&create, &second] {
+        assert!(
+            s.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "messaging.message.conversation_id"),
+            "{} names its conversation",
+            s.name
+        );
+    }
     env.cleanup().await;
 }
 

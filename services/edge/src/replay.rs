@@ -42,6 +42,10 @@ struct Table {
     name: &'static str,
     key: &'static str,
     columns: &'static [(&'static str, Kind)],
+    /// Indexes only the edge's reads use, never the projection's handlers:
+    /// the shadow is built without them (nothing reads it by them, and each
+    /// is one more B-tree written per event); the live table keeps them.
+    read_indexes: &'static [&'static str],
 }
 
 const ORDERS: Table = Table {
@@ -58,6 +62,7 @@ const ORDERS: Table = Table {
         ("reason", Kind::Text),
         ("updated_at", Kind::Int),
     ],
+    read_indexes: &["edge_orders_by_customer"],
 };
 
 const PRODUCTS: Table = Table {
@@ -72,6 +77,7 @@ const PRODUCTS: Table = Table {
         ("stock", Kind::Int),
         ("updated_at", Kind::Int),
     ],
+    read_indexes: &[],
 };
 
 const PRODUCT_IMAGES: Table = Table {
@@ -89,6 +95,8 @@ const PRODUCT_IMAGES: Table = Table {
         ("status", Kind::Text),
         ("created_at", Kind::Int),
     ],
+    // Deleting a product deletes its images by product id.
+    read_indexes: &[],
 };
 
 const API_KEYS: Table = Table {
@@ -101,6 +109,7 @@ const API_KEYS: Table = Table {
         ("key_hash", Kind::Text),
         ("revoked", Kind::Bool),
     ],
+    read_indexes: &[],
 };
 
 /// Rows per query of [`digest`].
@@ -228,7 +237,7 @@ pub async fn replay(
         .map_err(db("migrating the live database"))?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let shadow_name = format!("{name}-replay-{}", &id[id.len() - 12..]);
-    let shadow = Shadow::create(live, &id).await?;
+    let shadow = Shadow::create(live, &id, tables).await?;
     let result = build_and_swap(
         &broker,
         live,
@@ -752,7 +761,11 @@ async fn digest_in(
 
 impl Shadow {
     /// An empty database with the edge's schema, beside `live`.
-    async fn create(live: &DatabaseConnection, id: &str) -> Result<Self, ReplayError> {
+    async fn create(
+        live: &DatabaseConnection,
+        id: &str,
+        tables: &[Table],
+    ) -> Result<Self, ReplayError> {
         match live.get_database_backend() {
             DbBackend::Postgres => {
                 let schema = format!("replay_{id}");
@@ -776,7 +789,7 @@ impl Shadow {
                     schema: quote(&schema),
                     file: None,
                 };
-                shadow.migrate().await?;
+                shadow.migrate(tables).await?;
                 Ok(shadow)
             }
             _ => {
@@ -805,7 +818,7 @@ impl Shadow {
                     schema: "replay".to_owned(),
                     file: Some(path.clone()),
                 };
-                shadow.migrate().await?;
+                shadow.migrate(tables).await?;
                 live.execute_unprepared(&format!(
                     "ATTACH DATABASE '{}' AS replay",
                     path.replace('\'', "''")
@@ -817,7 +830,7 @@ impl Shadow {
         }
     }
 
-    async fn migrate(&self) -> Result<(), ReplayError> {
+    async fn migrate(&self, tables: &[Table]) -> Result<(), ReplayError> {
         sluice_kit::db::KitMigrator::up(&self.db, None)
             .await
             .map_err(db("creating the shadow's kit tables"))?;
@@ -826,10 +839,30 @@ impl Shadow {
             .map_err(db("creating the shadow's tables"))?;
         // The shadow's inbox is never pruned: its index by time would only
         // cost a write per event.
-        self.db
-            .execute_unprepared("DROP INDEX IF EXISTS sluice_inbox_handled_at")
-            .await
-            .map_err(db("tuning the shadow database"))?;
+        let mut tuning = vec!["DROP INDEX IF EXISTS sluice_inbox_handled_at".to_owned()];
+        tuning.extend(
+            tables
+                .iter()
+                .flat_map(|t| t.read_indexes)
+                .map(|i| format!("DROP INDEX IF EXISTS {i}")),
+        );
+        if self.file.is_some() {
+            // The kit's inbox columns, kept in one B-tree (a SQLite table
+            // with a composite key is a rowid table plus an index: two
+            // writes per event). Empty here; the swap reads it by column.
+            tuning.push("DROP TABLE sluice_inbox".to_owned());
+            tuning.push(
+                "CREATE TABLE sluice_inbox (consumer varchar NOT NULL, event_id varchar NOT NULL, \
+                 handled_at integer NOT NULL, PRIMARY KEY (consumer, event_id)) WITHOUT ROWID"
+                    .to_owned(),
+            );
+        }
+        for sql in tuning {
+            self.db
+                .execute_unprepared(&sql)
+                .await
+                .map_err(db("tuning the shadow database"))?;
+        }
         Ok(())
     }
 
@@ -852,5 +885,58 @@ impl Shadow {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not remove the replay's shadow database");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    async fn names(db: &DatabaseConnection, schema: &str) -> Vec<(String, String)> {
+        db.query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            format!("SELECT name, COALESCE(sql, '') AS sql FROM {schema}.sqlite_master"),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.try_get::<String>("", "name").unwrap(),
+                r.try_get::<String>("", "sql").unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_shadow_leaves_out_what_only_reads_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("edge.db").display());
+        let live = sluice_kit::db::open(&url, 1).await.unwrap();
+        migration::Migrator::up(&live, None).await.unwrap();
+        let shadow = Shadow::create(&live, "t", tables("edge-orders").unwrap())
+            .await
+            .unwrap();
+        let has = |names: &[(String, String)], n: &str| names.iter().any(|(name, _)| name == n);
+        let (live_names, shadow_names) = (names(&live, "main").await, names(&live, "replay").await);
+        assert!(
+            has(&live_names, "edge_orders_by_customer"),
+            "the live table keeps it"
+        );
+        assert!(!has(&shadow_names, "edge_orders_by_customer"));
+        assert!(!has(&shadow_names, "sluice_inbox_handled_at"));
+        let inbox = shadow_names
+            .iter()
+            .find(|(n, _)| n == "sluice_inbox")
+            .unwrap();
+        assert!(inbox.1.ends_with("WITHOUT ROWID"), "{}", inbox.1);
+        // The inbox is read by column, as the swap does.
+        sluice_kit::inbox::contains(&shadow.db, "c", "e")
+            .await
+            .unwrap();
+        shadow.drop_from(&live).await;
     }
 }
