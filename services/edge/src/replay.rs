@@ -310,6 +310,11 @@ async fn build_and_swap(
             caught_up?;
         }
         let build_seconds = started.elapsed().as_secs_f64();
+        // The rebuilt model's digest, read from the shadow before the swap
+        // locks the live tables: the swap copies its rows as they are, so
+        // it is the live model's digest after the swap, and the lock is not
+        // held while every row is read and hashed.
+        let digest = digest_in(live, &shadow.schema, tables).await?;
         let swap_started = Instant::now();
         match swap(
             live,
@@ -321,7 +326,7 @@ async fn build_and_swap(
         )
         .await?
         {
-            Some((digest_before, digest, rows, events)) => {
+            Some((digest_before, rows, events)) => {
                 progress(events);
                 if let Some(d) = direct {
                     d.subscription.close().await;
@@ -559,8 +564,10 @@ async fn catch_up(
     }
 }
 
-/// The swap, in one transaction of the live database. `None` when the live
-/// projection applied an event since `check_since` that the shadow lacks.
+/// The swap, in one transaction of the live database: the live model's
+/// digest before it, the rows copied and the events the shadow applied.
+/// `None` when the live projection applied an event since `check_since`
+/// that the shadow lacks.
 async fn swap(
     live: &DatabaseConnection,
     shadow: &Shadow,
@@ -568,7 +575,7 @@ async fn swap(
     name: &str,
     shadow_name: &str,
     check_since: Option<i64>,
-) -> Result<Option<(String, String, u64, i64)>, ReplayError> {
+) -> Result<Option<(String, u64, i64)>, ReplayError> {
     let backend = live.get_database_backend();
     let l = live_schema(live).await?;
     let s = &shadow.schema;
@@ -652,9 +659,8 @@ async fn swap(
         }
         None => 0,
     };
-    let after = digest_in(&txn, &l, tables).await?;
     txn.commit().await.map_err(db("committing the swap"))?;
-    Ok(Some((before, after, rows, events)))
+    Ok(Some((before, rows, events)))
 }
 
 async fn count(conn: &impl ConnectionTrait, statement: Statement) -> Result<i64, ReplayError> {
