@@ -843,25 +843,26 @@ impl Shadow {
         migration::Migrator::up(&self.db, None)
             .await
             .map_err(db("creating the shadow's tables"))?;
+        let mut tuning: Vec<String> = tables
+            .iter()
+            .flat_map(|t| t.read_indexes)
+            .map(|i| format!("DROP INDEX IF EXISTS {i}"))
+            .collect();
         // The shadow's inbox is never pruned: its index by time would only
         // cost a write per event.
-        let mut tuning = vec!["DROP INDEX IF EXISTS sluice_inbox_handled_at".to_owned()];
-        tuning.extend(
-            tables
-                .iter()
-                .flat_map(|t| t.read_indexes)
-                .map(|i| format!("DROP INDEX IF EXISTS {i}")),
-        );
         if self.file.is_some() {
-            // The kit's inbox columns, kept in one B-tree (a SQLite table
-            // with a composite key is a rowid table plus an index: two
-            // writes per event). Empty here; the swap reads it by column.
+            // On SQLite it is made again with the kit's columns in one
+            // B-tree (a table with a composite key is a rowid table plus an
+            // index: two writes per event), without that index. Empty here;
+            // the swap reads it by column.
             tuning.push("DROP TABLE sluice_inbox".to_owned());
             tuning.push(
                 "CREATE TABLE sluice_inbox (consumer varchar NOT NULL, event_id varchar NOT NULL, \
                  handled_at integer NOT NULL, PRIMARY KEY (consumer, event_id)) WITHOUT ROWID"
                     .to_owned(),
             );
+        } else {
+            tuning.push("DROP INDEX IF EXISTS sluice_inbox_handled_at".to_owned());
         }
         for sql in tuning {
             self.db
