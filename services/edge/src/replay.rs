@@ -850,20 +850,7 @@ impl Shadow {
             .collect();
         // The shadow's inbox is never pruned: its index by time would only
         // cost a write per event.
-        if self.file.is_some() {
-            // On SQLite it is made again with the kit's columns in one
-            // B-tree (a table with a composite key is a rowid table plus an
-            // index: two writes per event), without that index. Empty here;
-            // the swap reads it by column.
-            tuning.push("DROP TABLE sluice_inbox".to_owned());
-            tuning.push(
-                "CREATE TABLE sluice_inbox (consumer varchar NOT NULL, event_id varchar NOT NULL, \
-                 handled_at integer NOT NULL, PRIMARY KEY (consumer, event_id)) WITHOUT ROWID"
-                    .to_owned(),
-            );
-        } else {
-            tuning.push("DROP INDEX IF EXISTS sluice_inbox_handled_at".to_owned());
-        }
+        tuning.push("DROP INDEX IF EXISTS sluice_inbox_handled_at".to_owned());
         for sql in tuning {
             self.db
                 .execute_unprepared(&sql)
