@@ -17,7 +17,9 @@ set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 EVENTS=${BENCH_EVENTS:-1000000}
-BIN=$PWD/target/release/sluice
+# SLUICE_BIN: measure that binary instead of building this checkout's
+# (to compare two builds in one hour of this noisy machine).
+BIN=${SLUICE_BIN:-$PWD/target/release/sluice}
 NATS=${SLUICE_NATS_SERVER:-$PWD/.tools/bin/nats-server}
 
 fail() { printf 'bench-replay.sh: %s\n' "$*" >&2; exit 1; }
@@ -26,7 +28,8 @@ if [ ! -x /usr/bin/time ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time; } >/dev/null 2>&1 \
     || fail "GNU time is not installed and apt-get install time failed"
 fi
-cargo build --release --locked -p sluice-cli --bin sluice >&2
+[ -n "${SLUICE_BIN:-}" ] || cargo build --release --locked -p sluice-cli --bin sluice >&2
+[ -x "$BIN" ] || fail "no sluice binary at $BIN"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)

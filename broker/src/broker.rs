@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BrokerError, InboundMessage, OutboundMessage, PublishAck, Requests, SubscribeOptions,
-    Subscription,
+    BrokerError, InboundMessage, OutboundMessage, PublishAck, Requests, StartPosition,
+    SubscribeOptions, Subscription,
 };
 
 /// Which backend a broker is.
@@ -102,6 +102,22 @@ pub trait Broker: Send + Sync + 'static {
     /// The broker could not set up the listener.
     async fn serve(&self, subject: &str, group: &str) -> Result<Requests, BrokerError>;
 
+    /// Opens a cursor over what `filter` holds from `start`, in stream
+    /// order, outside any consumer group: nothing is acked, redelivered or
+    /// recorded on the broker. `None` where the backend has no such read;
+    /// then read through a consumer group (as [`crate::scan::scan`] does).
+    ///
+    /// # Errors
+    /// The broker could not be asked.
+    async fn cursor(
+        &self,
+        filter: &str,
+        start: StartPosition,
+    ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
+        let _ = (filter, start);
+        Ok(None)
+    }
+
     /// Deletes a consumer group and its pending messages.
     ///
     /// # Errors
@@ -145,4 +161,17 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Flushes and closes connections; later calls fail.
     async fn close(&self);
+}
+
+/// A reading position in a stream, outside any consumer group
+/// ([`Broker::cursor`]).
+#[async_trait]
+pub trait LogCursor: Send {
+    /// Up to `max` messages matching the cursor's filter after the last one
+    /// returned, of what the stream holds now, in stream order; empty when
+    /// it holds no more now.
+    ///
+    /// # Errors
+    /// The broker could not be read.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError>;
 }

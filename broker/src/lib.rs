@@ -34,7 +34,7 @@ pub mod embedded;
 #[cfg(feature = "nats")]
 pub mod nats;
 
-pub use broker::{Broker, BrokerKind, StreamStats};
+pub use broker::{Broker, BrokerKind, LogCursor, StreamStats};
 pub use connect::{BrokerUrl, connect, redact_url};
 pub use delivery::{
     Acker, Delivery, PumpHandle, Request, RequestPump, Requests, Responder, Subscription,

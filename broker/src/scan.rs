@@ -1,7 +1,9 @@
 //! Reading what a stream holds now, from a start position to its end:
 //! exports, dead-letter listings and catch-up checks use it on every backend.
 //!
-//! A throwaway consumer group (`sluice-<purpose>-<uuid>`) reads the filter
+//! Where the backend has a [`Broker::cursor`], the reading is that cursor's
+//! pages up to the stream's last sequence as it was when the reading began.
+//! Elsewhere a throwaway consumer group (`sluice-<purpose>-<uuid>`) reads the filter
 //! from the start position and acks as it goes; the reading ends when the
 //! broker reports the group's lag as 0 while nothing is buffered (on
 //! RabbitMQ, lag stays above 0 until the replay from the stream queue is
@@ -13,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::{Broker, BrokerError, InboundMessage, StartPosition, SubscribeOptions};
+use crate::{Broker, BrokerError, InboundMessage, LogCursor, StartPosition, SubscribeOptions};
 
 /// What the reader wants after one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,13 @@ pub async fn scan<E>(
     start: StartPosition,
     mut each: impl FnMut(&InboundMessage) -> Result<Flow, E>,
 ) -> Result<u64, ScanError<E>> {
+    let head = broker
+        .stream_stats(crate::subject::stream_key(filter))
+        .await?
+        .and_then(|s| s.last_sequence);
+    if let Some(cursor) = broker.cursor(filter, start).await? {
+        return scan_cursor(cursor, head, each).await;
+    }
     let group = format!("sluice-{purpose}-{}", uuid::Uuid::now_v7().simple());
     // Acks are immediate: a long ack wait and many deliveries keep a slow
     // reader from ever dead-lettering what it reads.
@@ -61,10 +70,6 @@ pub async fn scan<E>(
         .ack_wait(Duration::from_secs(600))
         .max_deliveries(1000);
     options.validate()?;
-    let head = broker
-        .stream_stats(crate::subject::stream_key(filter))
-        .await?
-        .and_then(|s| s.last_sequence);
     let mut subscription = broker.subscribe(options).await?;
     let mut seen = 0u64;
     let mut last_sequence = 0u64;
@@ -106,6 +111,36 @@ pub async fn scan<E>(
         tracing::warn!(error = %e, group, "could not delete a scan's consumer group");
     }
     result
+}
+
+/// Messages a cursor page holds at most.
+const PAGE: usize = 4096;
+
+/// [`scan`] through a cursor: pages until the stream holds no more or a
+/// message lies past `head`.
+async fn scan_cursor<E>(
+    mut cursor: Box<dyn LogCursor>,
+    head: Option<u64>,
+    mut each: impl FnMut(&InboundMessage) -> Result<Flow, E>,
+) -> Result<u64, ScanError<E>> {
+    let mut seen = 0u64;
+    loop {
+        let page = cursor.next_batch(PAGE).await?;
+        if page.is_empty() {
+            return Ok(seen);
+        }
+        for m in &page {
+            if head.is_some_and(|h| m.sequence.is_some_and(|seq| seq > h)) {
+                return Ok(seen);
+            }
+            seen += 1;
+            match each(m) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return Ok(seen),
+                Err(e) => return Err(ScanError::Caller(e)),
+            }
+        }
+    }
 }
 
 /// [`scan`] for a reader that reads everything and cannot fail.

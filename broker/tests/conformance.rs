@@ -16,8 +16,8 @@ use bytes::Bytes;
 use fixture::Fixture;
 use prost::Message;
 use sluice_broker::{
-    Delivery, Headers, InboundMessage, OutboundMessage, StartPosition, SubscribeOptions,
-    Subscription, dead_letter,
+    BrokerKind, Delivery, Headers, InboundMessage, LogCursor, OutboundMessage, StartPosition,
+    SubscribeOptions, Subscription, dead_letter,
 };
 use sluice_proto::Envelope;
 use sluice_proto::shop::orders::v1::{OrderLine, OrderPlaced};
@@ -338,6 +338,78 @@ async fn start_positions_replay_from_beginning_sequence_and_time(fx: &Fixture) {
     sub.close().await;
 }
 
+/// Reads a cursor's pages of `page` until one comes back empty.
+async fn drain(cursor: &mut dyn LogCursor, page: usize) -> Vec<(usize, Option<u64>)> {
+    let mut got = Vec::new();
+    loop {
+        let batch = cursor.next_batch(page).await.unwrap();
+        assert!(batch.len() <= page, "a page holds at most {page}");
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend(batch.iter().map(|m| (number(m), m.sequence)));
+    }
+}
+
+async fn a_cursor_reads_the_stream_in_order_outside_any_group(fx: &Fixture) {
+    let placed = format!("{}.order.*", fx.domain);
+    let Some(mut cursor) = fx
+        .broker
+        .cursor(&placed, StartPosition::Beginning)
+        .await
+        .unwrap()
+    else {
+        // Which backends have a cursor is part of the contract: the others
+        // are read through consumer groups (`scan`).
+        assert_eq!(fx.broker.kind(), BrokerKind::Amqp, "only RabbitMQ has none");
+        return;
+    };
+    assert!(drain(&mut *cursor, 3).await.is_empty(), "an empty stream");
+    let mut messages: Vec<_> = (0..7).map(|n| event(fx, n)).collect();
+    // Messages of the domain the filter does not match are passed over.
+    for m in &mut messages[2..4] {
+        m.subject = fx.subject("payment.captured");
+    }
+    publish_all(fx, messages).await;
+    let got = drain(&mut *cursor, 2).await;
+    assert_eq!(
+        got.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![0, 1, 4, 5, 6]
+    );
+    // It goes on from where it stopped when the stream grows.
+    publish_all(fx, (7..9).map(|n| event(fx, n)).collect()).await;
+    let more = drain(&mut *cursor, 100).await;
+    assert_eq!(more.iter().map(|x| x.0).collect::<Vec<_>>(), vec![7, 8]);
+    // From a sequence, and from now on.
+    let seq5 = got[3].1.expect("sequences are known");
+    let mut from = fx
+        .broker
+        .cursor(&placed, StartPosition::Sequence(seq5))
+        .await
+        .unwrap()
+        .unwrap();
+    let from = drain(&mut *from, 100).await;
+    assert_eq!(
+        from.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8]
+    );
+    let mut new = fx
+        .broker
+        .cursor(&placed, StartPosition::New)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(drain(&mut *new, 100).await.is_empty());
+    fx.broker.publish(event(fx, 9)).await.unwrap();
+    assert_eq!(drain(&mut *new, 100).await.len(), 1);
+    // No consumer group was made. (A NATS cursor is an ephemeral consumer,
+    // listed until the server removes it by itself.)
+    if fx.broker.kind() == BrokerKind::Embedded {
+        let stats = fx.broker.stream_stats(&fx.domain).await.unwrap().unwrap();
+        assert_eq!(stats.groups, Some(Vec::new()), "no group was made");
+    }
+}
+
 async fn a_republished_ce_id_is_stored_once(fx: &Fixture) {
     let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
     let msg = event(fx, 1);
@@ -584,6 +656,7 @@ macro_rules! conformance {
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
             lag_counts_what_a_group_has_not_acked,
             lag_of_a_replaying_group_is_zero_only_once_caught_up,
+            a_cursor_reads_the_stream_in_order_outside_any_group,
         );
     };
     (@cases $backend:ident, $make:path; $($case:ident),* $(,)?) => {

@@ -115,21 +115,7 @@ impl Group {
         let floor = match row {
             Some((floor,)) => floor.max(0) as u64,
             None => {
-                let floor = match start {
-                    StartPosition::New => store.last_seq(stream).await?,
-                    StartPosition::Beginning => 0,
-                    StartPosition::Sequence(seq) => seq.saturating_sub(1),
-                    StartPosition::Time(t) => {
-                        let micros = t
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-                            .unwrap_or(0);
-                        match store.first_seq_at(stream, micros).await? {
-                            Some(seq) => seq - 1,
-                            None => store.last_seq(stream).await?,
-                        }
-                    }
-                };
+                let floor = store.floor_at(stream, start).await?;
                 sqlx::query(
                     "INSERT INTO groups (stream, name, filter, ack_floor) VALUES (?, ?, ?, ?)
                      ON CONFLICT (stream, name) DO NOTHING",

@@ -27,8 +27,8 @@ pub use store::Durability;
 
 use crate::delivery::PumpHandle;
 use crate::{
-    Acker, Broker, BrokerError, BrokerKind, Delivery, InboundMessage, OutboundMessage, PublishAck,
-    Requests, StreamStats, SubscribeOptions, Subscription, subject,
+    Acker, Broker, BrokerError, BrokerKind, Delivery, InboundMessage, LogCursor, OutboundMessage,
+    PublishAck, Requests, StartPosition, StreamStats, SubscribeOptions, Subscription, subject,
 };
 use group::Group;
 use store::Store;
@@ -183,6 +183,21 @@ impl Broker for EmbeddedBroker {
         self.rpc.serve(subject, group)
     }
 
+    async fn cursor(
+        &self,
+        filter: &str,
+        start: StartPosition,
+    ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
+        let stream = subject::stream_key(filter).to_owned();
+        let floor = self.store.floor_at(&stream, start).await?;
+        Ok(Some(Box::new(Cursor {
+            store: self.store.clone(),
+            stream,
+            filter: filter.to_owned(),
+            next: floor + 1,
+        })))
+    }
+
     async fn delete_group(&self, filter: &str, group: &str) -> Result<(), BrokerError> {
         let stream = subject::stream_key(filter).to_owned();
         self.lock_groups()
@@ -319,17 +334,51 @@ async fn pump(
 }
 
 fn to_inbound(t: group::Taken) -> Result<InboundMessage, BrokerError> {
-    let m = t.message;
+    inbound(t.message, t.delivered)
+}
+
+fn inbound(m: store::Stored, delivered: u32) -> Result<InboundMessage, BrokerError> {
     Ok(InboundMessage {
         subject: m.subject,
         headers: codec::decode(&m.headers)?,
         payload: m.payload,
         sequence: Some(m.seq),
-        delivered: t.delivered,
+        delivered,
         timestamp: u64::try_from(m.ts_micros)
             .ok()
             .map(|us| UNIX_EPOCH + Duration::from_micros(us)),
     })
+}
+
+/// A ranged read of the log: pages of rows by sequence, no group state.
+struct Cursor {
+    store: Arc<Store>,
+    stream: String,
+    filter: String,
+    /// The next sequence to read.
+    next: u64,
+}
+
+#[async_trait]
+impl LogCursor for Cursor {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        loop {
+            let want = max - out.len();
+            let rows = self.store.read_from(&self.stream, self.next, want).await?;
+            let exhausted = rows.len() < want;
+            for m in rows {
+                self.next = m.seq + 1;
+                if subject::matches(&self.filter, &m.subject) {
+                    out.push(inbound(m, 1)?);
+                }
+            }
+            if exhausted || out.len() == max {
+                return Ok(out);
+            }
+        }
+    }
 }
 
 struct EmbeddedAcker {

@@ -22,7 +22,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec;
-use crate::{BrokerError, OutboundMessage, PublishAck, dead_letter, subject};
+use crate::{BrokerError, OutboundMessage, PublishAck, StartPosition, dead_letter, subject};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
@@ -284,6 +284,30 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// The sequence after which a reading of `stream` from `start` begins
+    /// (0: from the first message).
+    pub(crate) async fn floor_at(
+        &self,
+        stream: &str,
+        start: StartPosition,
+    ) -> Result<u64, BrokerError> {
+        Ok(match start {
+            StartPosition::New => self.last_seq(stream).await?,
+            StartPosition::Beginning => 0,
+            StartPosition::Sequence(seq) => seq.saturating_sub(1),
+            StartPosition::Time(t) => {
+                let micros = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+                    .unwrap_or(0);
+                match self.first_seq_at(stream, micros).await? {
+                    Some(seq) => seq - 1,
+                    None => self.last_seq(stream).await?,
+                }
+            }
+        })
     }
 
     /// Deletes every message and group of `stream`.

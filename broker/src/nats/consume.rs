@@ -168,19 +168,23 @@ async fn pause(h: &PumpHandle, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
-fn delivery(ctx: &Ctx, m: jetstream::Message) -> Result<Delivery, BrokerError> {
-    let (sequence, delivered, published) = {
-        let info = m.info().map_err(backend)?;
-        (info.stream_sequence, info.delivered, info.published)
-    };
+/// The message as Sluice sees it, and how many messages the consumer had
+/// pending after it.
+fn inbound(m: &jetstream::Message) -> Result<(InboundMessage, u64), BrokerError> {
+    let info = m.info().map_err(backend)?;
     let message = InboundMessage {
         subject: m.subject.to_string(),
         headers: from_nats(m.headers.as_ref()),
         payload: m.payload.clone(),
-        sequence: Some(sequence),
-        delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
-        timestamp: Some(SystemTime::from(published)),
+        sequence: Some(info.stream_sequence),
+        delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+        timestamp: Some(SystemTime::from(info.published)),
     };
+    Ok((message, info.pending))
+}
+
+fn delivery(ctx: &Ctx, m: jetstream::Message) -> Result<Delivery, BrokerError> {
+    let (message, _) = inbound(&m)?;
     let acker = NatsAcker {
         js: ctx.js.clone(),
         message: m,
@@ -231,5 +235,67 @@ impl Acker for NatsAcker {
             .ack_with(AckKind::Term)
             .await
             .map_err(|e| BrokerError::Ack(e.to_string()))
+    }
+}
+
+/// How long a cursor at the stream's end waits for one more message before
+/// it reports the end (what is published meanwhile comes with a later page).
+const AT_END: Duration = Duration::from_millis(200);
+
+/// How long a cursor waits for a message the stream said it holds.
+const STALLED: Duration = Duration::from_secs(30);
+
+/// A cursor: an ordered consumer (ephemeral, no acks; the client makes it
+/// again from the last sequence if the server loses it). The pending count
+/// that comes with each message tells when the stream's end is reached.
+pub(super) struct Cursor {
+    messages: pull::Ordered,
+    /// Messages the stream holds past the last one read.
+    pending: u64,
+}
+
+impl Cursor {
+    pub(super) async fn open(
+        stream: &Stream,
+        filter: &str,
+        start: StartPosition,
+    ) -> Result<Self, BrokerError> {
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: deliver_policy(start),
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(backend)?;
+        Ok(Self { messages, pending })
+    }
+}
+
+#[async_trait]
+impl crate::LogCursor for Cursor {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let at_end = self.pending == 0;
+            if at_end && !out.is_empty() {
+                break;
+            }
+            let wait = if at_end { AT_END } else { STALLED };
+            let m = match tokio::time::timeout(wait, self.messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(backend(e)),
+                Ok(None) => return Err(BrokerError::Closed),
+                Err(_) if at_end => break,
+                Err(_) => return Err(BrokerError::Timeout(STALLED)),
+            };
+            let (message, pending) = inbound(&m)?;
+            self.pending = pending;
+            out.push(message);
+        }
+        Ok(out)
     }
 }

@@ -30,8 +30,8 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 
 use crate::{
-    Broker, BrokerError, BrokerKind, InboundMessage, OutboundMessage, PublishAck, Requests,
-    StreamStats, SubscribeOptions, Subscription, subject,
+    Broker, BrokerError, BrokerKind, InboundMessage, LogCursor, OutboundMessage, PublishAck,
+    Requests, StartPosition, StreamStats, SubscribeOptions, Subscription, subject,
 };
 
 /// Options of the NATS backend.
@@ -240,6 +240,17 @@ impl Broker for NatsBroker {
             .ensure_stream(subject::stream_key(&options.filter))
             .await?;
         consume::subscribe(self.js.clone(), stream, options, self.options.replicas).await
+    }
+
+    async fn cursor(
+        &self,
+        filter: &str,
+        start: StartPosition,
+    ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
+        let stream = self.ensure_stream(subject::stream_key(filter)).await?;
+        Ok(Some(Box::new(
+            consume::Cursor::open(&stream, filter, start).await?,
+        )))
     }
 
     async fn request(

@@ -329,7 +329,7 @@ async fn build_and_swap(
             Some((digest_before, rows, events)) => {
                 progress(events);
                 if let Some(d) = direct {
-                    d.subscription.close().await;
+                    d.close().await;
                 }
                 return Ok(ReplayReport {
                     projection: name.to_owned(),
@@ -409,9 +409,17 @@ enum AnyApplier {
 /// A replay of a one-filter projection that reads the log itself.
 struct Direct {
     applier: Arc<AnyApplier>,
-    subscription: sluice_broker::Subscription,
+    source: Source,
     filter: String,
     events: i64,
+}
+
+/// Where a direct replay reads the log.
+enum Source {
+    /// A ranged read outside any group (the backend has one).
+    Cursor(Box<dyn sluice_broker::LogCursor>),
+    /// The replay's own consumer group.
+    Group(sluice_broker::Subscription),
 }
 
 /// Events per transaction of a direct replay.
@@ -431,22 +439,28 @@ impl Direct {
             Model::Plain(p) => AnyApplier::Unit(p.into_applier(db)),
             Model::Orders(p) => AnyApplier::Orders(p.into_applier(db)),
         };
-        let options = sluice_broker::SubscribeOptions::new(shadow_name, filter)
-            .start(start)
-            .prefetch(2 * DIRECT_BATCH)
-            .ack_wait(Duration::from_secs(600))
-            .max_deliveries(1000);
-        let subscription = broker.subscribe(options).await?;
+        let source = match broker.cursor(filter, start).await? {
+            Some(cursor) => Source::Cursor(cursor),
+            None => {
+                let options = sluice_broker::SubscribeOptions::new(shadow_name, filter)
+                    .start(start)
+                    .prefetch(2 * DIRECT_BATCH)
+                    .ack_wait(Duration::from_secs(600))
+                    .max_deliveries(1000);
+                Source::Group(broker.subscribe(options).await?)
+            }
+        };
         Ok(Self {
             applier: Arc::new(applier),
-            subscription,
+            source,
             filter: filter.to_owned(),
             events: 0,
         })
     }
 
-    /// Applies what the log holds until the group's lag is 0. Reading the
-    /// next batch overlaps with applying the one before.
+    /// Applies what the log holds until the cursor is at its end or the
+    /// group's lag is 0. Reading the next batch overlaps with applying the
+    /// one before.
     async fn catch_up(
         &mut self,
         broker: &dyn Broker,
@@ -460,20 +474,14 @@ impl Direct {
                 self.settle(previous, progress).await?;
             }
             if batch.is_empty() {
-                if broker.lag(&self.filter, group).await? == Some(0) {
+                if matches!(self.source, Source::Cursor(_))
+                    || broker.lag(&self.filter, group).await? == Some(0)
+                {
                     return Ok(());
                 }
                 continue;
             }
-            // Acked before they are applied: the group is this replay's
-            // alone, and a replay that fails is started over, never resumed.
-            let mut messages = Vec::with_capacity(batch.len());
-            for mut d in batch {
-                messages.push(std::mem::replace(&mut d.message, placeholder()));
-                if let Err(e) = d.ack().await {
-                    tracing::debug!(error = %e, "replay ack failed; the event comes again and is skipped");
-                }
-            }
+            let messages = batch;
             let applier = self.applier.clone();
             let task = tokio::spawn(async move {
                 match &*applier {
@@ -485,23 +493,44 @@ impl Direct {
         }
     }
 
-    /// Up to [`DIRECT_BATCH`] deliveries: empty when none came for 100 ms.
-    async fn read_batch(&mut self) -> Result<Vec<sluice_broker::Delivery>, ReplayError> {
+    /// Up to [`DIRECT_BATCH`] messages: empty when the cursor is at the
+    /// log's end or no delivery came for 100 ms.
+    async fn read_batch(&mut self) -> Result<Vec<sluice_broker::InboundMessage>, ReplayError> {
         use futures::FutureExt;
+        let subscription = match &mut self.source {
+            Source::Cursor(cursor) => return Ok(cursor.next_batch(DIRECT_BATCH).await?),
+            Source::Group(subscription) => subscription,
+        };
         let mut batch = Vec::with_capacity(DIRECT_BATCH);
-        match tokio::time::timeout(Duration::from_millis(100), self.subscription.next()).await {
-            Err(_) => return Ok(batch),
+        match tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
+            Err(_) => return Ok(Vec::new()),
             Ok(None) => return Err(sluice_broker::BrokerError::Closed.into()),
             Ok(Some(Err(e))) => return Err(e.into()),
             Ok(Some(Ok(d))) => batch.push(d),
         }
         while batch.len() < DIRECT_BATCH {
-            match self.subscription.next().now_or_never() {
+            match subscription.next().now_or_never() {
                 Some(Some(Ok(d))) => batch.push(d),
                 _ => break,
             }
         }
-        Ok(batch)
+        // Acked before they are applied: the group is this replay's alone,
+        // and a replay that fails is started over, never resumed.
+        let mut messages = Vec::with_capacity(batch.len());
+        for mut d in batch {
+            messages.push(std::mem::replace(&mut d.message, placeholder()));
+            if let Err(e) = d.ack().await {
+                tracing::debug!(error = %e, "replay ack failed; the event comes again and is skipped");
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Stops reading.
+    async fn close(self) {
+        if let Source::Group(subscription) = self.source {
+            subscription.close().await;
+        }
     }
 
     /// Waits for a batch's transaction.
