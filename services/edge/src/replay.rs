@@ -481,12 +481,11 @@ impl Direct {
                 }
                 continue;
             }
-            let messages = batch;
             let applier = self.applier.clone();
             let task = tokio::spawn(async move {
                 match &*applier {
-                    AnyApplier::Unit(a) => a.apply(messages).await,
-                    AnyApplier::Orders(a) => a.apply(messages).await,
+                    AnyApplier::Unit(a) => a.apply(batch).await,
+                    AnyApplier::Orders(a) => a.apply(batch).await,
                 }
             });
             applying = Some(task);
