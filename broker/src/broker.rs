@@ -108,13 +108,14 @@ pub trait Broker: Send + Sync + 'static {
     /// then read through a consumer group (as [`crate::scan::scan`] does).
     ///
     /// # Errors
-    /// The broker could not be asked.
+    /// A malformed filter, or the broker could not be asked.
     async fn cursor(
         &self,
         filter: &str,
         start: StartPosition,
     ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
-        let _ = (filter, start);
+        let _ = start;
+        crate::subject::validate_filter(filter)?;
         Ok(None)
     }
 

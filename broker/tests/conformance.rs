@@ -353,6 +353,11 @@ async fn drain(cursor: &mut dyn LogCursor, page: usize) -> Vec<(usize, Option<u6
 
 async fn a_cursor_reads_the_stream_in_order_outside_any_group(fx: &Fixture) {
     let placed = format!("{}.order.*", fx.domain);
+    // A malformed filter is refused on every backend, as subscribing
+    // refuses it.
+    let malformed = format!("{}.>.order", fx.domain);
+    let refused = fx.broker.cursor(&malformed, StartPosition::Beginning).await;
+    assert!(refused.is_err(), "a malformed filter is refused");
     let Some(mut cursor) = fx
         .broker
         .cursor(&placed, StartPosition::Beginning)

@@ -188,6 +188,7 @@ impl Broker for EmbeddedBroker {
         filter: &str,
         start: StartPosition,
     ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
+        subject::validate_filter(filter)?;
         let stream = subject::stream_key(filter).to_owned();
         let floor = self.store.floor_at(&stream, start).await?;
         Ok(Some(Box::new(Cursor {

@@ -247,6 +247,7 @@ impl Broker for NatsBroker {
         filter: &str,
         start: StartPosition,
     ) -> Result<Option<Box<dyn LogCursor>>, BrokerError> {
+        subject::validate_filter(filter)?;
         let stream = self.ensure_stream(subject::stream_key(filter)).await?;
         Ok(Some(Box::new(
             consume::Cursor::open(&stream, filter, start).await?,
