@@ -192,7 +192,7 @@ impl Broker for EmbeddedBroker {
         let stream = subject::stream_key(filter).to_owned();
         let floor = self.store.floor_at(&stream, start).await?;
         Ok(Some(Box::new(Cursor {
-            store: self.store.clone(),
+            conn: self.store.sequential_reader().await?,
             stream,
             filter: filter.to_owned(),
             next: floor + 1,
@@ -353,7 +353,8 @@ fn inbound(m: store::Stored, delivered: u32) -> Result<InboundMessage, BrokerErr
 
 /// A ranged read of the log: pages of rows by sequence, no group state.
 struct Cursor {
-    store: Arc<Store>,
+    /// A connection of the cursor's own (see [`Store::sequential_reader`]).
+    conn: sqlx::SqliteConnection,
     stream: String,
     filter: String,
     /// The next sequence to read.
@@ -367,7 +368,7 @@ impl LogCursor for Cursor {
         let mut out = Vec::new();
         loop {
             let want = max - out.len();
-            let rows = self.store.read_from(&self.stream, self.next, want).await?;
+            let rows = store::read_range(&mut self.conn, &self.stream, self.next, want).await?;
             let exhausted = rows.len() < want;
             for m in rows {
                 self.next = m.seq + 1;

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec;
@@ -77,6 +77,8 @@ struct WriteRequest {
 /// Handle to the log file.
 pub(crate) struct Store {
     pool: SqlitePool,
+    /// How the pool's connections were opened (a cursor opens its own).
+    options: SqliteConnectOptions,
     writer: mpsc::Sender<WriteRequest>,
     heads: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
@@ -127,12 +129,13 @@ impl Store {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(storage)?;
         let (tx, rx) = mpsc::channel(1024);
         let store = std::sync::Arc::new(Store {
             pool,
+            options,
             writer: tx,
             heads: Mutex::new(HashMap::new()),
         });
@@ -143,6 +146,26 @@ impl Store {
     /// The reader pool (also used for small group-state writes).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// A connection of its own for reading the log once from one end to the
+    /// other (a cursor): without memory-mapped reads and with a small page
+    /// cache, so a reader that touches every page of a large log keeps its
+    /// memory bounded (mapped pages count in the process's RSS, once per
+    /// connection that maps them) and re-read pages come from the OS cache.
+    pub(crate) async fn sequential_reader(&self) -> Result<SqliteConnection, BrokerError> {
+        SqliteConnection::connect_with(
+            &self
+                .options
+                .clone()
+                .pragma("mmap_size", "0")
+                .pragma("cache_size", "-2048")
+                // A page of 16,384 rows can take over a second on a busy
+                // machine; that is not a slow statement worth a warning.
+                .disable_statement_logging(),
+        )
+        .await
+        .map_err(storage)
     }
 
     /// Publishes messages through the group-committing writer.
@@ -221,17 +244,7 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, BrokerError> {
-        let rows = sqlx::query(
-            "SELECT seq, subject, headers, payload, ts FROM messages
-             WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT ?",
-        )
-        .bind(stream)
-        .bind(i64::try_from(from).unwrap_or(i64::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(storage)?;
-        rows.into_iter().map(stored).collect()
+        read_range(&self.pool, stream, from, limit).await
     }
 
     /// One message by sequence.
@@ -332,6 +345,29 @@ impl Store {
     pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Up to `limit` messages of `stream` from sequence `from` on, read on `exec`.
+pub(crate) async fn read_range<'e, E>(
+    exec: E,
+    stream: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<Stored>, BrokerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT seq, subject, headers, payload, ts FROM messages
+         WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(stream)
+    .bind(i64::try_from(from).unwrap_or(i64::MAX))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(exec)
+    .await
+    .map_err(storage)?;
+    rows.into_iter().map(stored).collect()
 }
 
 fn stored(row: sqlx::sqlite::SqliteRow) -> Result<Stored, BrokerError> {
@@ -658,4 +694,44 @@ async fn commit_slow(
         cache.insert(k, seq);
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    async fn pragma(conn: &mut SqliteConnection, name: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!("PRAGMA {name}")))
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sequential_reader_reads_without_mapping_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("log.db"), Durability::Normal)
+            .await
+            .unwrap();
+        let mut pooled = store.pool().acquire().await.unwrap();
+        assert_eq!(pragma(&mut pooled, "mmap_size").await, 1 << 30);
+        drop(pooled);
+        let mut reader = store.sequential_reader().await.unwrap();
+        assert_eq!(pragma(&mut reader, "mmap_size").await, 0);
+        assert_eq!(pragma(&mut reader, "cache_size").await, -2048);
+        // It sees the log as the pool does.
+        let acks = store
+            .publish(vec![OutboundMessage::new(
+                "a.b",
+                sluice_proto::Headers::new(),
+                Bytes::from_static(b"x"),
+            )])
+            .await;
+        assert!(acks[0].is_ok(), "{acks:?}");
+        let rows = read_range(&mut reader, "a", 1, 10).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].subject, "a.b");
+    }
 }
