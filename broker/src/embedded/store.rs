@@ -88,8 +88,12 @@ fn storage(e: impl std::fmt::Display) -> BrokerError {
 }
 
 pub(crate) fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    micros(SystemTime::now())
+}
+
+/// Microseconds from the epoch to `t` (0 before it), as the log stores times.
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
@@ -310,16 +314,10 @@ impl Store {
             StartPosition::New => self.last_seq(stream).await?,
             StartPosition::Beginning => 0,
             StartPosition::Sequence(seq) => seq.saturating_sub(1),
-            StartPosition::Time(t) => {
-                let micros = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-                    .unwrap_or(0);
-                match self.first_seq_at(stream, micros).await? {
-                    Some(seq) => seq - 1,
-                    None => self.last_seq(stream).await?,
-                }
-            }
+            StartPosition::Time(t) => match self.first_seq_at(stream, micros(t)).await? {
+                Some(seq) => seq - 1,
+                None => self.last_seq(stream).await?,
+            },
         })
     }
 

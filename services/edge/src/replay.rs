@@ -411,7 +411,6 @@ enum AnyApplier {
 struct Direct {
     applier: Arc<AnyApplier>,
     source: Source,
-    filter: String,
     events: i64,
 }
 
@@ -419,8 +418,11 @@ struct Direct {
 enum Source {
     /// A ranged read outside any group (the backend has one).
     Cursor(Box<dyn sluice_broker::LogCursor>),
-    /// The replay's own consumer group.
-    Group(sluice_broker::Subscription),
+    /// The replay's own consumer group on `filter`.
+    Group {
+        subscription: sluice_broker::Subscription,
+        filter: String,
+    },
 }
 
 /// Events per transaction of a direct replay.
@@ -448,13 +450,15 @@ impl Direct {
                     .prefetch(2 * DIRECT_BATCH)
                     .ack_wait(Duration::from_secs(600))
                     .max_deliveries(1000);
-                Source::Group(broker.subscribe(options).await?)
+                Source::Group {
+                    subscription: broker.subscribe(options).await?,
+                    filter: filter.to_owned(),
+                }
             }
         };
         Ok(Self {
             applier: Arc::new(applier),
             source,
-            filter: filter.to_owned(),
             events: 0,
         })
     }
@@ -475,9 +479,11 @@ impl Direct {
                 self.settle(previous, progress).await?;
             }
             if batch.is_empty() {
-                if matches!(self.source, Source::Cursor(_))
-                    || broker.lag(&self.filter, group).await? == Some(0)
-                {
+                let at_end = match &self.source {
+                    Source::Cursor(_) => true,
+                    Source::Group { filter, .. } => broker.lag(filter, group).await? == Some(0),
+                };
+                if at_end {
                     return Ok(());
                 }
                 continue;
@@ -499,7 +505,7 @@ impl Direct {
         use futures::FutureExt;
         let subscription = match &mut self.source {
             Source::Cursor(cursor) => return Ok(cursor.next_batch(DIRECT_BATCH).await?),
-            Source::Group(subscription) => subscription,
+            Source::Group { subscription, .. } => subscription,
         };
         let mut batch = Vec::with_capacity(DIRECT_BATCH);
         match tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
@@ -528,7 +534,7 @@ impl Direct {
 
     /// Stops reading.
     async fn close(self) {
-        if let Source::Group(subscription) = self.source {
+        if let Source::Group { subscription, .. } = self.source {
             subscription.close().await;
         }
     }
