@@ -117,28 +117,53 @@ pub async fn scan<E>(
 const PAGE: usize = 4096;
 
 /// [`scan`] through a cursor: pages until the stream holds no more or a
-/// message lies past `head`.
+/// message lies past `head`. The next page is read by a task of its own
+/// while the caller works through this one: reading waits on the broker or
+/// the log's connection and decodes headers, the caller's work (an export
+/// encoding and compressing) is CPU of its own, so the two overlap.
 async fn scan_cursor<E>(
-    mut cursor: Box<dyn LogCursor>,
+    cursor: Box<dyn LogCursor>,
     head: Option<u64>,
     mut each: impl FnMut(&InboundMessage) -> Result<Flow, E>,
 ) -> Result<u64, ScanError<E>> {
+    let (tx, mut pages) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(read_ahead(cursor, tx));
     let mut seen = 0u64;
-    loop {
-        let page = cursor.next_batch(PAGE).await?;
-        if page.is_empty() {
-            return Ok(seen);
-        }
+    let result = 'pages: loop {
+        let page = match pages.recv().await {
+            Some(Ok(page)) if !page.is_empty() => page,
+            Some(Ok(_)) | None => break Ok(seen),
+            Some(Err(e)) => break Err(ScanError::Broker(e)),
+        };
         for m in &page {
             if head.is_some_and(|h| m.sequence.is_some_and(|seq| seq > h)) {
-                return Ok(seen);
+                break 'pages Ok(seen);
             }
             seen += 1;
             match each(m) {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => return Ok(seen),
-                Err(e) => return Err(ScanError::Caller(e)),
+                Ok(Flow::Stop) => break 'pages Ok(seen),
+                Err(e) => break 'pages Err(ScanError::Caller(e)),
             }
+        }
+    };
+    // A reader still waiting on the broker (a page past the end) is not
+    // needed any more; it drops the cursor as it ends.
+    reader.abort();
+    result
+}
+
+/// Sends `cursor`'s pages to `pages` until one is empty or fails, or
+/// nobody takes them any more.
+async fn read_ahead(
+    mut cursor: Box<dyn LogCursor>,
+    pages: tokio::sync::mpsc::Sender<Result<Vec<InboundMessage>, BrokerError>>,
+) {
+    loop {
+        let page = cursor.next_batch(PAGE).await;
+        let last = !matches!(&page, Ok(p) if !p.is_empty());
+        if pages.send(page).await.is_err() || last {
+            return;
         }
     }
 }
@@ -163,4 +188,157 @@ pub async fn scan_all(
         ScanError::Broker(e) => e,
         ScanError::Caller(never) => match never {},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    /// Pages of messages numbered from 1; then the stream holds no more,
+    /// or (with `hang`) the next read never returns.
+    struct Pages {
+        pages: Vec<Vec<u64>>,
+        reads: Arc<AtomicUsize>,
+        dropped: Arc<AtomicBool>,
+        hang: bool,
+        fail: bool,
+    }
+
+    impl Pages {
+        fn new(pages: Vec<Vec<u64>>) -> Self {
+            Self {
+                pages,
+                reads: Arc::default(),
+                dropped: Arc::default(),
+                hang: false,
+                fail: false,
+            }
+        }
+    }
+
+    impl Drop for Pages {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl LogCursor for Pages {
+        async fn next_batch(&mut self, _max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
+            let read = self.reads.fetch_add(1, Ordering::SeqCst);
+            let Some(page) = self.pages.get(read) else {
+                if self.hang {
+                    std::future::pending::<()>().await;
+                }
+                if self.fail {
+                    return Err(BrokerError::Closed);
+                }
+                return Ok(Vec::new());
+            };
+            Ok(page
+                .iter()
+                .map(|&seq| InboundMessage {
+                    subject: "t.x".into(),
+                    headers: crate::Headers::new(),
+                    payload: bytes::Bytes::new(),
+                    sequence: Some(seq),
+                    delivered: 1,
+                    timestamp: None,
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_page_is_read_while_the_caller_works_on_this_one() {
+        let cursor = Pages::new(vec![vec![1, 2, 3], vec![4, 5, 6]]);
+        let reads = cursor.reads.clone();
+        let mut overlapped = false;
+        let mut order = Vec::new();
+        let seen = scan_cursor(Box::new(cursor), None, |m| {
+            if m.sequence == Some(1) {
+                // Still on the first page: the second is being read meanwhile.
+                let started = Instant::now();
+                while reads.load(Ordering::SeqCst) < 2 && started.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                overlapped = reads.load(Ordering::SeqCst) >= 2;
+            }
+            order.extend(m.sequence);
+            Ok::<_, std::convert::Infallible>(Flow::Continue)
+        })
+        .await
+        .unwrap();
+        assert!(overlapped, "the second page was not read ahead");
+        assert_eq!((seen, order), (6, vec![1, 2, 3, 4, 5, 6]));
+    }
+
+    #[tokio::test]
+    async fn a_scan_ends_at_the_head_and_where_the_caller_stops_and_lets_go_of_the_cursor() {
+        let mut cursor = Pages::new(vec![vec![1, 2], vec![3, 4]]);
+        cursor.hang = true;
+        let dropped = cursor.dropped.clone();
+        let mut order = Vec::new();
+        let seen = scan_cursor(Box::new(cursor), Some(3), |m| {
+            order.extend(m.sequence);
+            Ok::<_, std::convert::Infallible>(Flow::Continue)
+        })
+        .await
+        .unwrap();
+        assert_eq!((seen, order), (3, vec![1, 2, 3]));
+        // The reader was waiting on a page past the end: it is stopped.
+        let started = Instant::now();
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(started.elapsed() < Duration::from_secs(5), "cursor kept");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let mut cursor = Pages::new(vec![vec![1, 2], vec![3, 4]]);
+        cursor.hang = true;
+        let seen = scan_cursor(Box::new(cursor), None, |m| {
+            Ok::<_, std::convert::Infallible>(if m.sequence == Some(2) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_and_a_failing_caller_end_the_scan_with_their_errors() {
+        let mut cursor = Pages::new(vec![vec![1]]);
+        cursor.fail = true;
+        let err = scan_cursor(Box::new(cursor), None, |_| {
+            Ok::<_, std::convert::Infallible>(Flow::Continue)
+        })
+        .await
+        .expect_err("the second read fails");
+        assert!(
+            matches!(err, ScanError::Broker(BrokerError::Closed)),
+            "{err}"
+        );
+
+        let cursor = Pages::new(vec![vec![1, 2]]);
+        let err = scan_cursor(Box::new(cursor), None, |m| {
+            if m.sequence == Some(2) {
+                Err("bad record")
+            } else {
+                Ok(Flow::Continue)
+            }
+        })
+        .await
+        .expect_err("the caller fails");
+        assert!(matches!(err, ScanError::Caller("bad record")));
+    }
 }

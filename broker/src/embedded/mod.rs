@@ -368,15 +368,16 @@ impl LogCursor for Cursor {
         let mut out = Vec::new();
         loop {
             let want = max - out.len();
-            let rows = store::read_range(&mut self.conn, &self.stream, self.next, want).await?;
-            let exhausted = rows.len() < want;
-            for m in rows {
-                self.next = m.seq + 1;
-                if subject::matches(&self.filter, &m.subject) {
+            let (filter, next) = (&self.filter, &mut self.next);
+            let read = store::for_each_in_range(&mut self.conn, &self.stream, *next, want, |m| {
+                *next = m.seq + 1;
+                if subject::matches(filter, &m.subject) {
                     out.push(inbound(m, 1)?);
                 }
-            }
-            if exhausted || out.len() == max {
+                Ok(())
+            })
+            .await?;
+            if read < want || out.len() == max {
                 return Ok(out);
             }
         }

@@ -41,6 +41,8 @@ const SCHEMA: &[&str] = &[
 
 /// Rows per multi-row INSERT statement (7 parameters each).
 const INSERT_CHUNK: usize = 256;
+/// Rows a cursor's connection reads ahead of the one being decoded.
+const READ_AHEAD_ROWS: usize = 4096;
 /// Most messages one group commit takes.
 const MAX_COMMIT: usize = 8192;
 /// How many recent `(stream, ce-id)` pairs the writer remembers.
@@ -166,7 +168,11 @@ impl Store {
                 .pragma("cache_size", "-2048")
                 // A page of 16,384 rows can take over a second on a busy
                 // machine; that is not a slow statement worth a warning.
-                .disable_statement_logging(),
+                .disable_statement_logging()
+                // Rows cross from SQLite's worker thread to the reader in a
+                // channel; sqlx's default of 50 makes both sides stop and
+                // wake each other every 50 rows of a 16,384-row page.
+                .row_buffer_size(READ_AHEAD_ROWS),
         )
         .await
         .map_err(storage)
@@ -355,17 +361,43 @@ pub(crate) async fn read_range<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    let rows = sqlx::query(
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for_each_in_range(exec, stream, from, limit, |m| {
+        out.push(m);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Hands `each` the messages of [`read_range`] one by one as SQLite's
+/// worker thread steps through them, so what `each` does overlaps with the
+/// reading; how many rows were read.
+pub(crate) async fn for_each_in_range<'e, E>(
+    exec: E,
+    stream: &str,
+    from: u64,
+    limit: usize,
+    mut each: impl FnMut(Stored) -> Result<(), BrokerError>,
+) -> Result<usize, BrokerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    use futures::TryStreamExt as _;
+    let mut rows = sqlx::query(
         "SELECT seq, subject, headers, payload, ts FROM messages
          WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT ?",
     )
     .bind(stream)
     .bind(i64::try_from(from).unwrap_or(i64::MAX))
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(exec)
-    .await
-    .map_err(storage)?;
-    rows.into_iter().map(stored).collect()
+    .fetch(exec);
+    let mut read = 0;
+    while let Some(row) = rows.try_next().await.map_err(storage)? {
+        read += 1;
+        each(stored(row)?)?;
+    }
+    Ok(read)
 }
 
 fn stored(row: sqlx::sqlite::SqliteRow) -> Result<Stored, BrokerError> {
@@ -568,24 +600,18 @@ async fn commit_fast(
             });
         }
         let ts = now_micros();
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let sql = insert_sql(chunk.len());
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                let m = messages[r.index];
-                q = q
-                    .bind(r.stream.clone())
-                    .bind(r.seq as i64)
-                    .bind(m.subject.clone())
-                    .bind(r.msg_id.clone())
-                    .bind(codec::encode(&m.headers))
-                    .bind(m.payload.to_vec())
-                    .bind(ts);
-            }
-            let done = q.execute(&mut *conn).await.map_err(storage)?;
-            if done.rows_affected() != chunk.len() as u64 {
+        let mut chunks = rows.chunks(INSERT_CHUNK);
+        let mut next = chunks.next().map(|c| insert(c, messages, ts));
+        while let Some((q, len)) = next.take() {
+            // The next chunk's statement is built (headers encoded, values
+            // copied) while SQLite's worker thread inserts this one.
+            let (done, following) = futures::join!(q.execute(&mut *conn), async {
+                chunks.next().map(|c| insert(c, messages, ts))
+            });
+            if done.map_err(storage)?.rows_affected() != len as u64 {
                 return Ok(None);
             }
+            next = following;
         }
         save_last_seqs(conn, &last).await?;
         Ok(Some((results, batch_ids)))
@@ -614,6 +640,30 @@ async fn commit_fast(
             Err(e)
         }
     }
+}
+
+/// The multi-row insert of `rows` (of `messages`) and how many rows it has.
+fn insert<'q>(
+    rows: &[NewRow],
+    messages: &[&OutboundMessage],
+    ts: i64,
+) -> (
+    sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    usize,
+) {
+    let mut q = sqlx::query(AssertSqlSafe(insert_sql(rows.len())));
+    for r in rows {
+        let m = messages[r.index];
+        q = q
+            .bind(r.stream.clone())
+            .bind(r.seq as i64)
+            .bind(m.subject.clone())
+            .bind(r.msg_id.clone())
+            .bind(codec::encode(&m.headers))
+            .bind(m.payload.to_vec())
+            .bind(ts);
+    }
+    (q, rows.len())
 }
 
 fn insert_sql(rows: usize) -> String {

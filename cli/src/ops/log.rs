@@ -57,8 +57,9 @@ pub(crate) struct ImportArgs {
     /// Publish under this prefix: orders.order.placed becomes <PREFIX>.orders.order.placed.
     #[arg(long, value_name = "PREFIX")]
     to_subject_prefix: Option<String>,
-    /// Events per pipelined batch.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Events per pipelined batch (one commit on the embedded log; its acks
+    /// are awaited before the next batch is sent, which keeps the file's order).
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
     /// pretty: a summary line on stderr; json: the summary as JSON on stdout.
     #[arg(long, value_enum, default_value_t)]
@@ -241,6 +242,79 @@ async fn existing_ids(
     Ok(ids)
 }
 
+/// Events of the file to publish in one batch, and how many records before
+/// them were left out as already in the destination.
+struct Batch {
+    messages: Vec<OutboundMessage>,
+    skipped: u64,
+}
+
+/// Reads `args.file` into batches on a thread of its own, so the next batch
+/// is decompressed and decoded while the one before is being published.
+/// Stops at the first unreadable record (sent as the last item) or when
+/// nobody takes the batches any more.
+fn read_batches(
+    args: &ImportArgs,
+    existing: HashSet<String>,
+    batches: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
+) -> tokio::task::JoinHandle<()> {
+    let (file, prefix, size) = (
+        args.file.clone(),
+        args.to_subject_prefix.clone(),
+        args.batch as usize,
+    );
+    tokio::task::spawn_blocking(move || {
+        let reader = match open(&file) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = batches.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut batch = Batch {
+            messages: Vec::with_capacity(size),
+            skipped: 0,
+        };
+        for record in reader {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = batches.blocking_send(Err(e.into()));
+                    return;
+                }
+            };
+            if existing.contains(&record.id) {
+                batch.skipped += 1;
+                continue;
+            }
+            let (subject, headers, payload) = from_record(record);
+            batch.messages.push(OutboundMessage::new(
+                target(prefix.as_deref(), subject),
+                headers,
+                payload,
+            ));
+            if batch.messages.len() == size {
+                let full = std::mem::replace(
+                    &mut batch,
+                    Batch {
+                        messages: Vec::with_capacity(size),
+                        skipped: 0,
+                    },
+                );
+                if batches.blocking_send(Ok(full)).is_err() {
+                    return;
+                }
+            }
+        }
+        if !batch.messages.is_empty() || batch.skipped > 0 {
+            let _ = batches.blocking_send(Ok(batch));
+        }
+    })
+}
+
+/// Publishes the file's events not yet in the destination, one batch at a
+/// time (batches in flight together could interleave on the broker and
+/// break the file's order).
 async fn publish_file(
     broker: &std::sync::Arc<dyn Broker>,
     args: &ImportArgs,
@@ -249,43 +323,26 @@ async fn publish_file(
 ) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let existing = existing_ids(&**broker, domains).await?;
-    let prefix = args.to_subject_prefix.as_deref();
     let progress = progress_bar(Some(total));
     let (mut imported, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
-    let mut batch: Vec<OutboundMessage> = Vec::with_capacity(args.batch as usize);
-    let mut reader = open(&args.file)?;
-    let mut done = false;
-    while !done {
-        let record = reader.next();
-        done = record.is_none();
-        if let Some(record) = record {
-            let record = record.with_context(|| {
-                format!(
-                    "reading {} after {imported} of {total} events were imported",
-                    args.file.display()
-                )
-            })?;
-            if existing.contains(&record.id) {
-                skipped += 1;
-                progress.inc(1);
-                continue;
-            }
-            let (subject, headers, payload) = from_record(record);
-            batch.push(OutboundMessage::new(
-                target(prefix, subject),
-                headers,
-                payload,
-            ));
-            if batch.len() < args.batch as usize {
-                continue;
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(args.batch as usize));
-        let n = sent.len() as u64;
-        for (i, result) in broker.publish_batch(sent).await.into_iter().enumerate() {
+    let (tx, mut batches) = tokio::sync::mpsc::channel(2);
+    let _reader = read_batches(args, existing, tx);
+    while let Some(batch) = batches.recv().await {
+        let batch = batch.with_context(|| {
+            format!(
+                "reading {} after {imported} of {total} events were imported",
+                args.file.display()
+            )
+        })?;
+        skipped += batch.skipped;
+        progress.inc(batch.skipped);
+        let n = batch.messages.len() as u64;
+        for (i, result) in broker
+            .publish_batch(batch.messages)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             match result {
                 Ok(ack) if ack.duplicate => duplicates += 1,
                 Ok(_) => imported += 1,
