@@ -83,6 +83,8 @@ pub(crate) struct Store {
     options: SqliteConnectOptions,
     writer: mpsc::Sender<WriteRequest>,
     heads: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Wakes the checkpointer (after each of the writer's commits).
+    checkpoint: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn storage(e: impl std::fmt::Display) -> BrokerError {
@@ -123,7 +125,12 @@ impl Store {
             // Readers map the file instead of copying pages through read();
             // a larger page cache keeps the log's recent tail in memory.
             .pragma("mmap_size", "1073741824")
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // No connection checkpoints as it commits: the checkpointer task
+            // does, beside the writer (see `checkpointer`). After a
+            // checkpoint the WAL file is cut back to 64 MiB.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864");
         let mut conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
@@ -139,13 +146,16 @@ impl Store {
             .await
             .map_err(storage)?;
         let (tx, rx) = mpsc::channel(1024);
+        let checkpoint = std::sync::Arc::new(tokio::sync::Notify::new());
         let store = std::sync::Arc::new(Store {
             pool,
             options,
             writer: tx,
             heads: Mutex::new(HashMap::new()),
+            checkpoint: checkpoint.clone(),
         });
         tokio::spawn(writer_loop(conn, rx, std::sync::Arc::downgrade(&store)));
+        tokio::spawn(checkpointer(std::sync::Arc::downgrade(&store), checkpoint));
         Ok(store)
     }
 
@@ -483,6 +493,7 @@ async fn writer_loop(
             }
         };
         if let Some(store) = store.upgrade() {
+            store.checkpoint.notify_one();
             let mut heads: HashMap<&str, u64> = HashMap::new();
             for (m, r) in messages.iter().zip(&results) {
                 if let Ok(PublishAck {
@@ -505,6 +516,39 @@ async fn writer_loop(
         }
     }
     let _ = conn.close().await;
+}
+
+/// How long the checkpointer waits after a checkpoint before the next, so
+/// one checkpoint covers the commits of that time.
+const CHECKPOINT_GAP: Duration = Duration::from_millis(100);
+/// How often the checkpointer runs without commits of the writer (the
+/// pool's small writes of group state).
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(5);
+
+/// Copies the WAL's committed pages into the database file, on a pool
+/// connection, while the writer goes on committing: SQLite's automatic
+/// checkpoint would run inside the commit that crosses 1,000 pages and stop
+/// every publish queued behind it (over a second for a large WAL on a busy
+/// disk). A passive checkpoint waits for nobody; the WAL starts over once a
+/// checkpoint has caught up. Ends when the store is dropped.
+async fn checkpointer(store: std::sync::Weak<Store>, wake: std::sync::Arc<tokio::sync::Notify>) {
+    loop {
+        let _ = tokio::time::timeout(CHECKPOINT_IDLE, wake.notified()).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if store.pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&store.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "embedded log checkpoint failed; the next one retries");
+        }
+        drop(store);
+        tokio::time::sleep(CHECKPOINT_GAP).await;
+    }
 }
 
 /// The de-duplication id of a message: `ce-id`, or for dead letters one that
@@ -781,5 +825,40 @@ mod tests {
         let rows = read_range(&mut reader, "a", 1, 10).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].subject, "a.b");
+    }
+
+    #[tokio::test]
+    async fn commits_do_not_checkpoint_and_the_checkpointer_does_while_the_log_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let store = Store::open(&path, Durability::Normal).await.unwrap();
+        let mut pooled = store.pool().acquire().await.unwrap();
+        assert_eq!(pragma(&mut pooled, "wal_autocheckpoint").await, 0);
+        assert_eq!(pragma(&mut pooled, "journal_size_limit").await, 64 << 20);
+        drop(pooled);
+        let before = std::fs::metadata(&path).unwrap().len();
+        // 4 MiB of events: the WAL crosses SQLite's automatic checkpoint
+        // (1,000 pages) several times over; a single batch is one commit.
+        for batch in 0..4 {
+            let messages = (0..1024)
+                .map(|i| {
+                    let mut headers = sluice_proto::Headers::new();
+                    headers.insert("ce-id", format!("{batch}-{i}"));
+                    OutboundMessage::new("a.b", headers, Bytes::from(vec![7u8; 1024]))
+                })
+                .collect();
+            assert!(store.publish(messages).await.iter().all(Result::is_ok));
+        }
+        // Pages reach the database file only through a checkpoint.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&path).unwrap().len() < before + (4 << 20) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no checkpoint: the file stayed at {} bytes",
+                std::fs::metadata(&path).unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.count("a").await.unwrap(), 4096);
     }
 }
