@@ -326,7 +326,7 @@ async fn publish_file(
     let progress = progress_bar(Some(total));
     let (mut imported, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
     let (tx, mut batches) = tokio::sync::mpsc::channel(2);
-    let _reader = read_batches(args, existing, tx);
+    let reader = read_batches(args, existing, tx);
     while let Some(batch) = batches.recv().await {
         let batch = batch.with_context(|| {
             format!(
@@ -355,6 +355,14 @@ async fn publish_file(
         }
         progress.inc(n);
     }
+    // The batches end with the file, or early if the reader died (a panic
+    // would otherwise look like the end of the file).
+    reader.await.with_context(|| {
+        format!(
+            "reading {} stopped after {imported} of {total} events were imported",
+            args.file.display()
+        )
+    })?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     Ok(json!({
