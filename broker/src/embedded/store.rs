@@ -264,7 +264,13 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, BrokerError> {
-        read_range(&self.pool, stream, from, limit).await
+        let mut out = Vec::new();
+        for_each_in_range(&self.pool, stream, from, limit, |m| {
+            out.push(m);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// One message by sequence.
@@ -361,28 +367,9 @@ impl Store {
     }
 }
 
-/// Up to `limit` messages of `stream` from sequence `from` on, read on `exec`.
-pub(crate) async fn read_range<'e, E>(
-    exec: E,
-    stream: &str,
-    from: u64,
-    limit: usize,
-) -> Result<Vec<Stored>, BrokerError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    let mut out = Vec::with_capacity(limit.min(4096));
-    for_each_in_range(exec, stream, from, limit, |m| {
-        out.push(m);
-        Ok(())
-    })
-    .await?;
-    Ok(out)
-}
-
-/// Hands `each` the messages of [`read_range`] one by one as SQLite's
-/// worker thread steps through them, so what `each` does overlaps with the
-/// reading; how many rows were read.
+/// Hands `each` up to `limit` messages of `stream` from sequence `from` on,
+/// read on `exec`, one by one as SQLite's worker thread steps through them,
+/// so what `each` does overlaps with the reading; how many rows were read.
 pub(crate) async fn for_each_in_range<'e, E>(
     exec: E,
     stream: &str,
@@ -822,7 +809,13 @@ mod tests {
             )])
             .await;
         assert!(acks[0].is_ok(), "{acks:?}");
-        let rows = read_range(&mut reader, "a", 1, 10).await.unwrap();
+        let mut rows = Vec::new();
+        for_each_in_range(&mut reader, "a", 1, 10, |m| {
+            rows.push(m);
+            Ok(())
+        })
+        .await
+        .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].subject, "a.b");
     }

@@ -249,6 +249,15 @@ struct Batch {
     skipped: u64,
 }
 
+impl Batch {
+    fn with_capacity(size: usize) -> Self {
+        Self {
+            messages: Vec::with_capacity(size),
+            skipped: 0,
+        }
+    }
+}
+
 /// Reads `args.file` into batches on a thread of its own, so the next batch
 /// is decompressed and decoded while the one before is being published.
 /// Stops at the first unreadable record (sent as the last item) or when
@@ -264,52 +273,44 @@ fn read_batches(
         args.batch as usize,
     );
     tokio::task::spawn_blocking(move || {
-        let reader = match open(&file) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = batches.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut batch = Batch {
-            messages: Vec::with_capacity(size),
-            skipped: 0,
-        };
-        for record in reader {
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = batches.blocking_send(Err(e.into()));
-                    return;
-                }
-            };
-            if existing.contains(&record.id) {
-                batch.skipped += 1;
-                continue;
-            }
-            let (subject, headers, payload) = from_record(record);
-            batch.messages.push(OutboundMessage::new(
-                target(prefix.as_deref(), subject),
-                headers,
-                payload,
-            ));
-            if batch.messages.len() == size {
-                let full = std::mem::replace(
-                    &mut batch,
-                    Batch {
-                        messages: Vec::with_capacity(size),
-                        skipped: 0,
-                    },
-                );
-                if batches.blocking_send(Ok(full)).is_err() {
-                    return;
-                }
-            }
-        }
-        if !batch.messages.is_empty() || batch.skipped > 0 {
-            let _ = batches.blocking_send(Ok(batch));
+        if let Err(e) = send_batches(&file, prefix.as_deref(), size, &existing, &batches) {
+            let _ = batches.blocking_send(Err(e));
         }
     })
+}
+
+/// [`read_batches`]' work: sends full batches, then the rest.
+fn send_batches(
+    file: &Path,
+    prefix: Option<&str>,
+    size: usize,
+    existing: &HashSet<String>,
+    batches: &tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
+) -> anyhow::Result<()> {
+    let mut batch = Batch::with_capacity(size);
+    for record in open(file)? {
+        let record = record?;
+        if existing.contains(&record.id) {
+            batch.skipped += 1;
+            continue;
+        }
+        let (subject, headers, payload) = from_record(record);
+        batch.messages.push(OutboundMessage::new(
+            target(prefix, subject),
+            headers,
+            payload,
+        ));
+        if batch.messages.len() == size {
+            let full = std::mem::replace(&mut batch, Batch::with_capacity(size));
+            if batches.blocking_send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !batch.messages.is_empty() || batch.skipped > 0 {
+        let _ = batches.blocking_send(Ok(batch));
+    }
+    Ok(())
 }
 
 /// Publishes the file's events not yet in the destination, one batch at a
