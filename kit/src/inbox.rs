@@ -7,8 +7,11 @@
 
 use std::collections::HashSet;
 
-use sea_orm::sea_query::{OnConflict, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{InsertStatement, OnConflict, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionSession,
+    TransactionTrait,
+};
 
 use crate::db::tables::inbox;
 
@@ -17,37 +20,62 @@ const CHUNK: usize = 5000;
 
 /// Records `ids` as handled by `consumer`; returns those that were not
 /// recorded before (the ones to handle).
-pub(crate) async fn record<'a>(
-    db: &impl ConnectionTrait,
+///
+/// Each chunk is first inserted without `RETURNING`, under a savepoint: when
+/// every id went in, all are fresh and no row travels back. Only a chunk
+/// with an id recorded before (a redelivery) is rolled back and inserted
+/// again returning the ids that went in.
+pub(crate) async fn record<'a, C>(
+    db: &C,
     consumer: &str,
     ids: impl IntoIterator<Item = &'a str>,
-) -> Result<HashSet<String>, DbErr> {
+) -> Result<HashSet<String>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let now = crate::db::now_micros();
-    let ids: Vec<&str> = ids.into_iter().collect();
-    let mut fresh = HashSet::with_capacity(ids.len());
+    let mut fresh = HashSet::new();
+    let mut seen = HashSet::new();
+    let ids: Vec<&str> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+    fresh.reserve(ids.len());
     for chunk in ids.chunks(CHUNK) {
-        let mut insert = Query::insert();
-        insert
-            .into_table(inbox::Entity)
-            .columns([
-                inbox::Column::Consumer,
-                inbox::Column::EventId,
-                inbox::Column::HandledAt,
-            ])
-            .on_conflict(
-                OnConflict::columns([inbox::Column::Consumer, inbox::Column::EventId])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .returning_col(inbox::Column::EventId);
-        for id in chunk {
-            insert.values_panic([consumer.into(), (*id).into(), now.into()]);
+        let insert = insert(consumer, chunk, now);
+        let savepoint = db.begin().await?;
+        let inserted = savepoint.execute(&insert).await?.rows_affected();
+        if usize::try_from(inserted).is_ok_and(|n| n == chunk.len()) {
+            savepoint.commit().await?;
+            fresh.extend(chunk.iter().map(|id| (*id).to_owned()));
+            continue;
         }
-        for row in db.query_all(&insert).await? {
+        savepoint.rollback().await?;
+        let mut returning = insert;
+        returning.returning_col(inbox::Column::EventId);
+        for row in db.query_all(&returning).await? {
             fresh.insert(row.try_get::<String>("", "event_id")?);
         }
     }
     Ok(fresh)
+}
+
+/// The insert of `ids` for `consumer`, leaving out those recorded before.
+fn insert(consumer: &str, ids: &[&str], now: i64) -> InsertStatement {
+    let mut insert = Query::insert();
+    insert
+        .into_table(inbox::Entity)
+        .columns([
+            inbox::Column::Consumer,
+            inbox::Column::EventId,
+            inbox::Column::HandledAt,
+        ])
+        .on_conflict(
+            OnConflict::columns([inbox::Column::Consumer, inbox::Column::EventId])
+                .do_nothing()
+                .to_owned(),
+        );
+    for id in ids {
+        insert.values_panic([consumer.into(), (*id).into(), now.into()]);
+    }
+    insert
 }
 
 /// Forgets `id` for `consumer` (its handler failed after it was recorded).
@@ -110,5 +138,26 @@ mod tests {
             .unwrap();
         assert!(again.is_empty(), "all were recorded");
         assert!(contains(&db, "c", "id-12344").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_with_ids_recorded_before_returns_only_the_new_ones_and_keeps_the_transaction()
+    {
+        let db = crate::db::open("sqlite::memory:", 1).await.unwrap();
+        let txn = db.begin().await.unwrap();
+        let first = record(&txn, "c", ["a", "b", "a"]).await.unwrap();
+        assert_eq!(first, HashSet::from(["a".to_owned(), "b".to_owned()]));
+        // "b" was recorded: the fast insert is rolled back to its savepoint
+        // and done again, returning what went in.
+        let second = record(&txn, "c", ["b", "c", "c", "d"]).await.unwrap();
+        assert_eq!(second, HashSet::from(["c".to_owned(), "d".to_owned()]));
+        let other = record(&txn, "other", ["b"]).await.unwrap();
+        assert_eq!(other, HashSet::from(["b".to_owned()]));
+        txn.commit().await.unwrap();
+        for id in ["a", "b", "c", "d"] {
+            assert!(contains(&db, "c", id).await.unwrap(), "{id} is recorded");
+        }
+        let rows = inbox::Entity::find().all(&db).await.unwrap();
+        assert_eq!(rows.len(), 5, "each id once per consumer: {rows:?}");
     }
 }
