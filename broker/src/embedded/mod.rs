@@ -369,13 +369,20 @@ impl LogCursor for Cursor {
         loop {
             let want = max - out.len();
             let (filter, next) = (&self.filter, &mut self.next);
-            let read = store::for_each_in_range(&mut self.conn, &self.stream, *next, want, |m| {
-                *next = m.seq + 1;
-                if subject::matches(filter, &m.subject) {
-                    out.push(inbound(m, 1)?);
-                }
-                Ok(())
-            })
+            let read = store::for_each_in_range(
+                &mut self.conn,
+                &self.stream,
+                *next,
+                want,
+                store::Pace::Bulk,
+                |m| {
+                    *next = m.seq + 1;
+                    if subject::matches(filter, &m.subject) {
+                        out.push(inbound(m, 1)?);
+                    }
+                    Ok(())
+                },
+            )
             .await?;
             if read < want || out.len() == max {
                 return Ok(out);

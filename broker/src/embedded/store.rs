@@ -265,7 +265,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Stored>, BrokerError> {
         let mut out = Vec::new();
-        for_each_in_range(&self.pool, stream, from, limit, |m| {
+        for_each_in_range(&self.pool, stream, from, limit, Pace::Prompt, |m| {
             out.push(m);
             Ok(())
         })
@@ -367,20 +367,37 @@ impl Store {
     }
 }
 
+/// How a ranged read takes rows from SQLite's worker thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// Each row as soon as it is read (a group's delivery: latency counts).
+    Prompt,
+    /// In bursts: what the row channel holds, then a pause of
+    /// [`BULK_PAUSE`] while the worker fills it again, so a bulk read is not
+    /// woken once per row (export, replay: throughput counts).
+    Bulk,
+}
+
+/// How long a [`Pace::Bulk`] read lets SQLite's worker fill the row channel
+/// when it found it empty (tokio's timer rounds up to a millisecond; the
+/// channel holds [`READ_AHEAD_ROWS`]).
+const BULK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Hands `each` up to `limit` messages of `stream` from sequence `from` on,
-/// read on `exec`, one by one as SQLite's worker thread steps through them,
-/// so what `each` does overlaps with the reading; how many rows were read.
+/// read on `exec` as SQLite's worker thread steps through them, so what
+/// `each` does overlaps with the reading; how many rows were read.
 pub(crate) async fn for_each_in_range<'e, E>(
     exec: E,
     stream: &str,
     from: u64,
     limit: usize,
+    pace: Pace,
     mut each: impl FnMut(Stored) -> Result<(), BrokerError>,
 ) -> Result<usize, BrokerError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    use futures::TryStreamExt as _;
+    use futures::{FutureExt as _, TryStreamExt as _};
     let mut rows = sqlx::query(
         "SELECT seq, subject, headers, payload, ts FROM messages
          WHERE stream = ? AND seq >= ? ORDER BY seq LIMIT ?",
@@ -390,7 +407,24 @@ where
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch(exec);
     let mut read = 0;
-    while let Some(row) = rows.try_next().await.map_err(storage)? {
+    loop {
+        // The first row is awaited (it starts the query); in bulk, later
+        // ones are taken without registering for a wake-up, and an empty
+        // channel means a pause rather than a wake-up per row.
+        let next = if pace == Pace::Bulk && read > 0 {
+            match rows.try_next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    tokio::time::sleep(BULK_PAUSE).await;
+                    continue;
+                }
+            }
+        } else {
+            rows.try_next().await
+        };
+        let Some(row) = next.map_err(storage)? else {
+            break;
+        };
         read += 1;
         each(stored(row)?)?;
     }
@@ -810,7 +844,7 @@ mod tests {
             .await;
         assert!(acks[0].is_ok(), "{acks:?}");
         let mut rows = Vec::new();
-        for_each_in_range(&mut reader, "a", 1, 10, |m| {
+        for_each_in_range(&mut reader, "a", 1, 10, Pace::Bulk, |m| {
             rows.push(m);
             Ok(())
         })
