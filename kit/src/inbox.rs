@@ -9,8 +9,8 @@ use std::collections::HashSet;
 
 use sea_orm::sea_query::{InsertStatement, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionSession,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
+    TransactionSession, TransactionTrait,
 };
 
 use crate::db::tables::inbox;
@@ -21,10 +21,11 @@ const CHUNK: usize = 5000;
 /// Records `ids` as handled by `consumer`; returns those that were not
 /// recorded before (the ones to handle).
 ///
-/// Each chunk is first inserted without `RETURNING`, under a savepoint: when
-/// every id went in, all are fresh and no row travels back. Only a chunk
-/// with an id recorded before (a redelivery) is rolled back and inserted
-/// again returning the ids that went in.
+/// The ids are first inserted without `RETURNING`, under a savepoint, each
+/// chunk built while the one before runs: when every id went in, all are
+/// fresh and no row travels back. Only when an id was recorded before (a
+/// redelivery) is the savepoint rolled back and the ids inserted again,
+/// returning those that went in.
 pub(crate) async fn record<'a, C>(
     db: &C,
     consumer: &str,
@@ -34,27 +35,37 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     let now = crate::db::now_micros();
-    let mut fresh = HashSet::new();
     let mut seen = HashSet::new();
     let ids: Vec<&str> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
-    fresh.reserve(ids.len());
+    let backend = db.get_database_backend();
+    let savepoint = db.begin().await?;
+    let inserted =
+        crate::db::execute_pipelined(&savepoint, inserts(backend, consumer, &ids, now)).await?;
+    if usize::try_from(inserted).is_ok_and(|n| n == ids.len()) {
+        savepoint.commit().await?;
+        return Ok(ids.into_iter().map(str::to_owned).collect());
+    }
+    savepoint.rollback().await?;
+    let mut fresh = HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
-        let insert = insert(consumer, chunk, now);
-        let savepoint = db.begin().await?;
-        let inserted = savepoint.execute(&insert).await?.rows_affected();
-        if usize::try_from(inserted).is_ok_and(|n| n == chunk.len()) {
-            savepoint.commit().await?;
-            fresh.extend(chunk.iter().map(|id| (*id).to_owned()));
-            continue;
-        }
-        savepoint.rollback().await?;
-        let mut returning = insert;
+        let mut returning = insert(consumer, chunk, now);
         returning.returning_col(inbox::Column::EventId);
         for row in db.query_all(&returning).await? {
             fresh.insert(row.try_get::<String>("", "event_id")?);
         }
     }
     Ok(fresh)
+}
+
+/// The inserts of `ids` for `consumer`, a chunk each, built as they are taken.
+fn inserts<'a>(
+    backend: DbBackend,
+    consumer: &'a str,
+    ids: &'a [&'a str],
+    now: i64,
+) -> impl Iterator<Item = Result<Statement, DbErr>> + Send + 'a {
+    ids.chunks(CHUNK)
+        .map(move |chunk| Ok(backend.build(&insert(consumer, chunk, now))))
 }
 
 /// The insert of `ids` for `consumer`, leaving out those recorded before.

@@ -11,7 +11,9 @@ pub mod tables;
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
 use sea_orm_migration::MigratorTrait;
 
 pub use migration::KitMigrator;
@@ -36,6 +38,41 @@ pub enum DbError {
     /// The kit's migrations failed.
     #[error("cannot migrate the kit's tables: {0}")]
     Migrate(DbErr),
+}
+
+/// Executes the statements `statements` yields, in order, each while the
+/// next one is built: the iterator's work for statement k + 1 (its rows,
+/// values and SQL) runs on this task while the database (SQLite's worker
+/// thread, PostgreSQL's server) runs statement k. Returns the rows affected
+/// in all; stops at the first error, of building or executing.
+///
+/// # Errors
+/// A statement could not be built, or the database refused one.
+pub async fn execute_pipelined<C, E>(
+    db: &C,
+    statements: impl IntoIterator<Item = Result<Statement, E>>,
+) -> Result<u64, E>
+where
+    C: ConnectionTrait,
+    E: From<DbErr>,
+{
+    let mut statements = statements.into_iter();
+    let mut affected = 0;
+    let Some(mut current) = statements.next().transpose()? else {
+        return Ok(0);
+    };
+    loop {
+        // `join!` polls the execution first: it hands the statement over,
+        // and the next one is built while the database works.
+        let (done, next) = futures::join!(db.execute_raw(current), async {
+            statements.next().transpose()
+        });
+        affected += done?.rows_affected();
+        match next? {
+            Some(statement) => current = statement,
+            None => return Ok(affected),
+        }
+    }
 }
 
 /// Opens the database at `url` and creates or upgrades the kit's tables.
@@ -166,7 +203,54 @@ pub mod columns {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[tokio::test]
+    async fn pipelined_statements_run_in_order_and_stop_at_the_first_error() {
+        let db = open("sqlite::memory:", 1).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (n INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+            .await
+            .unwrap();
+        let insert = |values: &str| {
+            Ok::<_, DbErr>(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("INSERT INTO t (v) VALUES {values}"),
+            ))
+        };
+        let built = std::cell::Cell::new(0);
+        let statements = ["('a'), ('b')", "('c')", "('d'), ('e'), ('f')"]
+            .into_iter()
+            .map(|v| {
+                built.set(built.get() + 1);
+                insert(v)
+            });
+        assert_eq!(execute_pipelined(&db, statements).await.unwrap(), 6);
+        assert_eq!(built.get(), 3);
+        let none = std::iter::empty::<Result<Statement, DbErr>>();
+        assert_eq!(execute_pipelined(&db, none).await.unwrap(), 0);
+
+        let failing = vec![
+            insert("('g')"),
+            Err(DbErr::Custom("cannot build".into())),
+            insert("('never')"),
+        ];
+        let e = execute_pipelined(&db, failing).await.unwrap_err();
+        assert_eq!(e.to_string(), "Custom Error: cannot build");
+        let refused = vec![insert("('h')"), insert("(1, 2)"), insert("('never')")];
+        assert!(execute_pipelined(&db, refused).await.is_err());
+
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT group_concat(v, '') AS vs FROM (SELECT v FROM t ORDER BY n)",
+            ))
+            .await
+            .unwrap();
+        let vs: String = rows[0].try_get("", "vs").unwrap();
+        assert_eq!(vs, "abcdefgh", "in order, up to the first error");
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

@@ -4,7 +4,9 @@
 //! and can be rebuilt from the beginning of the log.
 
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryTrait,
+};
 use serde::{Deserialize, Serialize};
 use sluice_kit::{BatchOutcome, HandlerError, Item as Event, ProjectionCtx};
 use sluice_proto::shop::accounts::v1::{ApiKeyCreated, ApiKeyRevoked};
@@ -378,35 +380,42 @@ pub(crate) async fn order_cancelled_batch(
 }
 
 /// One order row per event, made by `row(order id, event, event time)`,
-/// inserted with one statement per run of distinct orders; an order that
-/// exists takes the `changed` columns from the new row and a version bump.
+/// inserted with one statement per run of distinct orders, each built while
+/// the one before runs; an order that exists takes the `changed` columns
+/// from the new row and a version bump.
 async fn upsert_orders<T, const N: usize>(
     ctx: &ProjectionCtx<OrdersState>,
     items: Vec<Event<T>>,
     id: impl Fn(&T) -> &str,
     changed: [orders::Column; N],
-    row: impl Fn(String, T, i64) -> Result<orders::ActiveModel, HandlerError>,
-) -> Result<BatchOutcome, HandlerError> {
+    row: impl Fn(String, T, i64) -> Result<orders::ActiveModel, HandlerError> + Send,
+) -> Result<BatchOutcome, HandlerError>
+where
+    T: Send,
+{
     let (kept, outcome) = with_ids(items, id);
-    for run in runs(kept) {
+    let backend = ctx.db().get_database_backend();
+    let statements = runs(kept).into_iter().map(move |run| {
         let mut rows = Vec::with_capacity(run.len());
         for (id, item) in run {
             ctx.state().touch(&id);
             rows.push(row(id, item.event, micros(&item.envelope))?);
         }
-        orders::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(orders::Column::Id)
-                    .update_columns(changed)
-                    .value(
-                        orders::Column::Version,
-                        Expr::col((orders::Entity, orders::Column::Version)).add(1),
-                    )
-                    .to_owned(),
-            )
-            .exec_without_returning(ctx.db())
-            .await?;
-    }
+        Ok::<_, HandlerError>(
+            orders::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::column(orders::Column::Id)
+                        .update_columns(changed)
+                        .value(
+                            orders::Column::Version,
+                            Expr::col((orders::Entity, orders::Column::Version)).add(1),
+                        )
+                        .to_owned(),
+                )
+                .build(backend),
+        )
+    });
+    sluice_kit::db::execute_pipelined(ctx.db(), statements).await?;
     Ok(outcome)
 }
 
