@@ -176,3 +176,10 @@ pub trait LogCursor: Send {
     /// The broker could not be read.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError>;
 }
+
+/// The capacity a cursor's page starts with for `max` messages: sized once
+/// rather than grown by doubling (each growth a copy, and for a large page
+/// fresh memory the kernel zeroes), up to a bound.
+pub(crate) fn page_capacity(max: usize) -> usize {
+    max.min(16_384)
+}

@@ -365,7 +365,7 @@ struct Cursor {
 impl LogCursor for Cursor {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
         let max = max.max(1);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(crate::broker::page_capacity(max));
         loop {
             let want = max - out.len();
             let (filter, next) = (&self.filter, &mut self.next);

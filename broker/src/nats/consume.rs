@@ -278,7 +278,7 @@ impl Cursor {
 impl crate::LogCursor for Cursor {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
         let max = max.max(1);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(crate::broker::page_capacity(max));
         while out.len() < max {
             let at_end = self.pending == 0;
             if at_end && !out.is_empty() {
