@@ -18,14 +18,18 @@ use crate::db::tables::inbox;
 /// Ids per insert: three bound parameters each stays below SQLite's 32,766.
 const CHUNK: usize = 5000;
 
+/// Up to this many ids, one insert `RETURNING` the new ones costs less than
+/// the savepoint's two extra statements (at low rates a wave is often one
+/// event); above it, rows travelling back cost more.
+const RETURNING_UP_TO: usize = 32;
+
 /// Records `ids` as handled by `consumer`; returns those that were not
 /// recorded before (the ones to handle).
 ///
-/// The ids are first inserted without `RETURNING`, under a savepoint, each
-/// chunk built while the one before runs: when every id went in, all are
-/// fresh and no row travels back. Only when an id was recorded before (a
-/// redelivery) is the savepoint rolled back and the ids inserted again,
-/// returning those that went in.
+/// More than [`RETURNING_UP_TO`] ids are first inserted without
+/// `RETURNING` ([`all_new`]): when every id went in, all are fresh and no
+/// row travels back. Otherwise (few ids, or one recorded before: a
+/// redelivery) the insert returns the ids that went in.
 pub(crate) async fn record<'a, C>(
     db: &C,
     consumer: &str,
@@ -37,15 +41,9 @@ where
     let now = crate::db::now_micros();
     let mut seen = HashSet::new();
     let ids: Vec<&str> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
-    let backend = db.get_database_backend();
-    let savepoint = db.begin().await?;
-    let inserted =
-        crate::db::execute_pipelined(&savepoint, inserts(backend, consumer, &ids, now)).await?;
-    if usize::try_from(inserted).is_ok_and(|n| n == ids.len()) {
-        savepoint.commit().await?;
+    if ids.len() > RETURNING_UP_TO && all_new(db, consumer, &ids, now).await? {
         return Ok(ids.into_iter().map(str::to_owned).collect());
     }
-    savepoint.rollback().await?;
     let mut fresh = HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let mut returning = insert(consumer, chunk, now);
@@ -55,6 +53,26 @@ where
         }
     }
     Ok(fresh)
+}
+
+/// Inserts the distinct `ids` under a savepoint, each chunk built while the
+/// one before runs, and keeps them if every one went in; else rolls back to
+/// the savepoint and says so.
+async fn all_new<C>(db: &C, consumer: &str, ids: &[&str], now: i64) -> Result<bool, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let backend = db.get_database_backend();
+    let savepoint = db.begin().await?;
+    let inserted =
+        crate::db::execute_pipelined(&savepoint, inserts(backend, consumer, ids, now)).await?;
+    if usize::try_from(inserted).is_ok_and(|n| n == ids.len()) {
+        savepoint.commit().await?;
+        Ok(true)
+    } else {
+        savepoint.rollback().await?;
+        Ok(false)
+    }
 }
 
 /// The inserts of `ids` for `consumer`, a chunk each, built as they are taken.
@@ -158,8 +176,7 @@ mod tests {
         let txn = db.begin().await.unwrap();
         let first = record(&txn, "c", ["a", "b", "a"]).await.unwrap();
         assert_eq!(first, HashSet::from(["a".to_owned(), "b".to_owned()]));
-        // "b" was recorded: the fast insert is rolled back to its savepoint
-        // and done again, returning what went in.
+        // "b" was recorded: the insert returns only what went in.
         let second = record(&txn, "c", ["b", "c", "c", "d"]).await.unwrap();
         assert_eq!(second, HashSet::from(["c".to_owned(), "d".to_owned()]));
         let other = record(&txn, "other", ["b"]).await.unwrap();
@@ -170,5 +187,30 @@ mod tests {
         }
         let rows = inbox::Entity::find().all(&db).await.unwrap();
         assert_eq!(rows.len(), 5, "each id once per consumer: {rows:?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_wave_with_an_id_recorded_before_rolls_back_its_fast_insert_and_returns_the_new_ones()
+     {
+        let db = crate::db::open("sqlite::memory:", 1).await.unwrap();
+        let ids: Vec<String> = (0..=RETURNING_UP_TO * 2)
+            .map(|i| format!("id-{i}"))
+            .collect();
+        let (first, second) = ids.split_at(RETURNING_UP_TO + 1);
+        let txn = db.begin().await.unwrap();
+        let fresh = record(&txn, "c", first.iter().map(String::as_str))
+            .await
+            .unwrap();
+        assert_eq!(fresh.len(), first.len(), "all new: kept without RETURNING");
+        // Overlapping by one id: the savepoint is rolled back and the insert
+        // done again, returning only the new ones.
+        let overlapping =
+            std::iter::once(first[0].as_str()).chain(second.iter().map(String::as_str));
+        let fresh = record(&txn, "c", overlapping).await.unwrap();
+        let expected: HashSet<String> = second.iter().cloned().collect();
+        assert_eq!(fresh, expected);
+        txn.commit().await.unwrap();
+        let rows = inbox::Entity::find().all(&db).await.unwrap();
+        assert_eq!(rows.len(), ids.len(), "each id once, the transaction kept");
     }
 }
