@@ -547,6 +547,35 @@ async fn a_restarted_consumer_resumes_after_the_last_ack(fx: &Fixture) {
     sub.close().await;
 }
 
+/// A member dropped without closing (a killed service) and its group then
+/// deleted (`sluice` resetting a projection): the group stays deleted, so
+/// the next member starts where it asks to, not where the dropped member's
+/// group was. (A NATS member's pump outlived its subscription by up to one
+/// pull request and, seeing its consumer deleted, created it again at its
+/// own start position.)
+async fn a_group_deleted_after_its_member_was_dropped_starts_afresh(fx: &Fixture) {
+    publish_all(fx, (0..3).map(|n| event(fx, n)).collect()).await;
+    let sub = fx
+        .broker
+        .subscribe(opts(fx, "reset").start(StartPosition::New))
+        .await
+        .unwrap();
+    // The member's pull request is outstanding (nothing new to deliver).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(sub);
+    fx.broker.delete_group(&fx.filter(), "reset").await.unwrap();
+    // Longer than a NATS pull request waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let o = opts(fx, "reset").start(StartPosition::Beginning);
+    let mut sub = fx.broker.subscribe(o).await.unwrap();
+    for expected in 0..3 {
+        let d = recv(&mut sub, WAIT).await;
+        assert_eq!(number(&d.message), expected);
+        d.ack().await.unwrap();
+    }
+    sub.close().await;
+}
+
 async fn ten_thousand_batched_messages_arrive_exactly_once_per_group(fx: &Fixture) {
     let total = 10_000;
     let subs = vec![
@@ -658,6 +687,7 @@ macro_rules! conformance {
             request_reply_answers_and_times_out,
             one_responder_group_serves_each_subject_with_its_own_responder,
             a_restarted_consumer_resumes_after_the_last_ack,
+            a_group_deleted_after_its_member_was_dropped_starts_afresh,
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
             lag_counts_what_a_group_has_not_acked,
             lag_of_a_replaying_group_is_zero_only_once_caught_up,

@@ -117,9 +117,7 @@ async fn pump(ctx: Ctx, stream: Stream, o: SubscribeOptions, mut c: PullConsumer
                 Err(e) => {
                     tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
                     pause(&h, &mut backoff).await;
-                    if let Ok(fresh) = consumer(&stream, &o).await {
-                        c = fresh;
-                    }
+                    c = again(&stream, &o, &h, c).await;
                     continue;
                 }
             }
@@ -150,13 +148,30 @@ async fn pump(ctx: Ctx, stream: Stream, o: SubscribeOptions, mut c: PullConsumer
                 tracing::warn!(error = %e, group = %group, "pull error");
                 current = None;
                 pause(&h, &mut backoff).await;
-                if let Ok(fresh) = consumer(&stream, &o).await {
-                    c = fresh;
-                }
+                c = again(&stream, &o, &h, c).await;
             }
             None => current = None,
         }
     }
+}
+
+/// The consumer to pull from after a failed pull: found again, or created
+/// again at the member's start position if it is gone (a server that lost
+/// it) — unless the member is closing. A closed member's pump runs on for
+/// up to one pull request; when its group was deleted meanwhile (a reset
+/// after the service stopped), creating it again would bring the group
+/// back at the old member's start position, and the next member would
+/// resume there instead of starting afresh.
+async fn again(
+    stream: &Stream,
+    o: &SubscribeOptions,
+    h: &PumpHandle,
+    c: PullConsumer,
+) -> PullConsumer {
+    if *h.stop.borrow() {
+        return c;
+    }
+    consumer(stream, o).await.unwrap_or(c)
 }
 
 async fn pause(h: &PumpHandle, backoff: &mut Duration) {
