@@ -40,10 +40,22 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// for every emitted event, and formatting through the propagator's
 /// `format!` and its `Injector` cost a third of making the `create` span.
 fn write_context(sc: &SpanContext, headers: &mut Headers) {
-    if !sc.is_valid() {
+    let Some(traceparent) = traceparent_of(sc) else {
         return;
+    };
+    headers.insert("traceparent", traceparent);
+    let state = sc.trace_state().header();
+    if !state.is_empty() {
+        headers.insert("tracestate", state);
     }
-    // "00-" trace id "-" span id "-" flags: 55 characters.
+}
+
+/// `sc`'s `traceparent` ("00-" trace id "-" span id "-" flags, with only
+/// the sampled flag); `None` for an invalid context.
+fn traceparent_of(sc: &SpanContext) -> Option<String> {
+    if !sc.is_valid() {
+        return None;
+    }
     let mut traceparent = String::with_capacity(55);
     traceparent.push_str("00-");
     push_hex(&mut traceparent, &sc.trace_id().to_bytes());
@@ -54,11 +66,7 @@ fn write_context(sc: &SpanContext, headers: &mut Headers) {
         &mut traceparent,
         &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    headers.insert("traceparent", traceparent);
-    let state = sc.trace_state().header();
-    if !state.is_empty() {
-        headers.insert("tracestate", state);
-    }
+    Some(traceparent)
 }
 
 /// Appends `bytes` to `out` in lower-case hex.
@@ -151,9 +159,7 @@ pub fn inject(headers: &mut Headers) {
 /// The current span's W3C `traceparent`, to keep with work done later
 /// outside it (see [`produce_within`]); `None` outside a trace.
 pub fn traceparent() -> Option<String> {
-    let mut headers = Headers::new();
-    inject(&mut headers);
-    headers.get("traceparent").map(str::to_owned)
+    traceparent_of(current().span().span_context())
 }
 
 /// Makes the `create <subject>` producer span of a message being emitted (a

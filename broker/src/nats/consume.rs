@@ -116,8 +116,7 @@ async fn pump(ctx: Ctx, stream: Stream, o: SubscribeOptions, mut c: PullConsumer
                 Ok(b) => current = Some(b),
                 Err(e) => {
                     tracing::warn!(error = %e, group = %group, "pull request failed; retrying");
-                    pause(&h, &mut backoff).await;
-                    c = again(&stream, &o, &h, c).await;
+                    c = recover(&stream, &o, &h, &mut backoff, c).await;
                     continue;
                 }
             }
@@ -147,27 +146,28 @@ async fn pump(ctx: Ctx, stream: Stream, o: SubscribeOptions, mut c: PullConsumer
             Some(Err(e)) => {
                 tracing::warn!(error = %e, group = %group, "pull error");
                 current = None;
-                pause(&h, &mut backoff).await;
-                c = again(&stream, &o, &h, c).await;
+                c = recover(&stream, &o, &h, &mut backoff, c).await;
             }
             None => current = None,
         }
     }
 }
 
-/// The consumer to pull from after a failed pull: found again, or created
-/// again at the member's start position if it is gone (a server that lost
-/// it) — unless the member is closing. A closed member's pump runs on for
-/// up to one pull request; when its group was deleted meanwhile (a reset
-/// after the service stopped), creating it again would bring the group
-/// back at the old member's start position, and the next member would
-/// resume there instead of starting afresh.
-async fn again(
+/// After a failed pull: waits out the backoff, then returns the consumer to
+/// pull from: found again, or created again at the member's start position
+/// if it is gone (a server that lost it) — unless the member is closing. A
+/// closed member's pump runs on for up to one pull request; when its group
+/// was deleted meanwhile (a reset after the service stopped), creating it
+/// again would bring the group back at the old member's start position, and
+/// the next member would resume there instead of starting afresh.
+async fn recover(
     stream: &Stream,
     o: &SubscribeOptions,
     h: &PumpHandle,
+    backoff: &mut Duration,
     c: PullConsumer,
 ) -> PullConsumer {
+    pause(h, backoff).await;
     if *h.stop.borrow() {
         return c;
     }
