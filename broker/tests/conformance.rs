@@ -16,8 +16,8 @@ use bytes::Bytes;
 use fixture::Fixture;
 use prost::Message;
 use sluice_broker::{
-    BrokerKind, Delivery, Headers, InboundMessage, LogCursor, OutboundMessage, StartPosition,
-    SubscribeOptions, Subscription, dead_letter,
+    Broker, BrokerKind, Delivery, Headers, InboundMessage, LogCursor, OutboundMessage,
+    StartPosition, SubscribeOptions, Subscription, dead_letter,
 };
 use sluice_proto::Envelope;
 use sluice_proto::shop::orders::v1::{OrderLine, OrderPlaced};
@@ -576,6 +576,55 @@ async fn a_group_deleted_after_its_member_was_dropped_starts_afresh(fx: &Fixture
     sub.close().await;
 }
 
+/// A member that settles its deliveries and closes at once, with its
+/// connection, keeps the settlements: nothing comes back to its group. (On
+/// RabbitMQ, lapin queued acks behind its internal task, and closing the
+/// connection could overtake them: acked messages were handed back.) Each
+/// member has a connection of its own, like the processes of `sluice`
+/// commands.
+async fn settlements_right_before_close_are_kept(fx: &Fixture) {
+    let group = "settling";
+    let first = fx.connect().await;
+    first
+        .subscribe(opts(fx, group))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    first.close().await;
+    let (rounds, batch) = (4, 50);
+    let total = rounds * batch;
+    publish_all(fx, (0..total).map(|n| event(fx, n)).collect()).await;
+    let mut settled = Vec::new();
+    for _ in 0..rounds {
+        let broker = fx.connect().await;
+        let o = opts(fx, group).prefetch(batch);
+        let mut sub = broker.subscribe(o).await.unwrap();
+        let mut deliveries = Vec::new();
+        for _ in 0..batch {
+            deliveries.push(recv(&mut sub, WAIT).await);
+        }
+        // The last one is dead-lettered, after the acks.
+        let last = deliveries.pop().unwrap();
+        for d in deliveries {
+            settled.push(number(&d.message));
+            d.ack().await.unwrap();
+        }
+        settled.push(number(&last.message));
+        last.dead_letter("unwanted").await.unwrap();
+        sub.close().await;
+        broker.close().await;
+    }
+    settled.sort_unstable();
+    assert_eq!(settled, (0..total).collect::<Vec<_>>(), "each once");
+    let checker = fx.connect().await;
+    assert_lag_seen_by(checker.as_ref(), &fx.filter(), group, 0).await;
+    let mut sub = checker.subscribe(opts(fx, group)).await.unwrap();
+    assert_quiet(&mut sub, Duration::from_millis(500)).await;
+    sub.close().await;
+    checker.close().await;
+}
+
 async fn ten_thousand_batched_messages_arrive_exactly_once_per_group(fx: &Fixture) {
     let total = 10_000;
     let subs = vec![
@@ -608,9 +657,14 @@ async fn ten_thousand_batched_messages_arrive_exactly_once_per_group(fx: &Fixtur
 
 /// Polls `lag` until it is `want` (NATS and RabbitMQ report asynchronously).
 async fn assert_lag(fx: &Fixture, group: &str, want: u64) {
+    assert_lag_seen_by(fx.broker.as_ref(), &fx.filter(), group, want).await;
+}
+
+/// [`assert_lag`] as `broker` sees it.
+async fn assert_lag_seen_by(broker: &dyn Broker, filter: &str, group: &str, want: u64) {
     let mut last = None;
     for _ in 0..100 {
-        last = fx.broker.lag(&fx.filter(), group).await.unwrap();
+        last = broker.lag(filter, group).await.unwrap();
         if last == Some(want) {
             return;
         }
@@ -688,6 +742,7 @@ macro_rules! conformance {
             one_responder_group_serves_each_subject_with_its_own_responder,
             a_restarted_consumer_resumes_after_the_last_ack,
             a_group_deleted_after_its_member_was_dropped_starts_afresh,
+            settlements_right_before_close_are_kept,
             ten_thousand_batched_messages_arrive_exactly_once_per_group,
             lag_counts_what_a_group_has_not_acked,
             lag_of_a_replaying_group_is_zero_only_once_caught_up,

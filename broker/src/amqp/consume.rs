@@ -189,7 +189,8 @@ struct Settle {
     payload: Bytes,
     delivered: u32,
     retry_queue: Arc<str>,
-    _channel: Arc<ChannelGuard>,
+    /// Keeps the channel open while this delivery or its ack is in flight.
+    channel: Arc<ChannelGuard>,
     outstanding: Option<Arc<AtomicUsize>>,
 }
 
@@ -201,10 +202,25 @@ impl Settle {
     }
 
     fn ack(&self) {
-        // Fire and forget: the first poll hands the ack to lapin's I/O loop;
-        // waiting for the frame to be written would cap a caller acking one
-        // by one near 15,000/s. A lost ack means a redelivery, never a loss.
-        let _ = self.lapin.ack(Default::default()).now_or_never();
+        // Not awaited: waiting for the frame to be written would cap a caller
+        // acking one by one near 15,000/s. lapin queues the ack behind its
+        // internal task, where the channel's close could overtake it (the
+        // delivery would come back): the task holds the channel open until
+        // the ack is written, and the broker's `close` waits for it.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // Polled outside Tokio: hand it to lapin's queue and go on.
+            let _ = self.lapin.ack(Default::default()).now_or_never();
+            self.done();
+            return;
+        };
+        let (acker, channel, inner) =
+            (self.lapin.clone(), self.channel.clone(), self.inner.clone());
+        inner.acks_in_flight.send_modify(|n| *n += 1);
+        rt.spawn(async move {
+            let _ = acker.ack(Default::default()).await;
+            drop(channel);
+            inner.acks_in_flight.send_modify(|n| *n -= 1);
+        });
         self.done();
     }
 
@@ -607,7 +623,7 @@ impl Pump {
             payload,
             delivered,
             retry_queue: self.retry.clone(),
-            _channel: self.channel.clone(),
+            channel: self.channel.clone(),
             outstanding,
         });
         self.pending

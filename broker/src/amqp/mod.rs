@@ -46,6 +46,9 @@ use crate::{
     StreamStats, SubscribeOptions, Subscription, subject,
 };
 
+/// How long `close` waits for acks still on their way to RabbitMQ.
+const ACK_FLUSH: Duration = Duration::from_secs(5);
+
 /// Options of the RabbitMQ backend.
 #[derive(Debug, Clone)]
 pub struct AmqpOptions {
@@ -101,6 +104,8 @@ pub struct Inner {
     /// Every queue and exchange this instance declared (for `delete_topology`).
     declared: Mutex<HashSet<(bool, String)>>,
     dedup: Mutex<HashMap<String, Arc<Mutex<consume::RecentIds>>>>,
+    /// Acks handed to lapin and not yet written: `close` waits for them.
+    acks_in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for AmqpBroker {
@@ -190,6 +195,7 @@ impl AmqpBroker {
                 declared_streams: Mutex::new(HashSet::new()),
                 declared: Mutex::new(HashSet::new()),
                 dedup: Mutex::new(HashMap::new()),
+                acks_in_flight: tokio::sync::watch::Sender::new(0),
                 options,
             }),
             rpc,
@@ -505,6 +511,13 @@ impl Broker for AmqpBroker {
     async fn close(&self) {
         if let Err(e) = self.publisher.wait_for_confirms().await {
             tracing::warn!(error = %e, "waiting for confirms on close failed");
+        }
+        // Closing the connection drops the acks lapin has not written yet:
+        // their messages would come back to the group.
+        let mut acks = self.inner.acks_in_flight.subscribe();
+        let written = acks.wait_for(|n| *n == 0);
+        if tokio::time::timeout(ACK_FLUSH, written).await.is_err() {
+            tracing::warn!("closing with acks not yet written; they will be redelivered");
         }
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
