@@ -585,35 +585,46 @@ async fn a_group_deleted_after_its_member_was_dropped_starts_afresh(fx: &Fixture
 async fn settlements_right_before_close_are_kept(fx: &Fixture) {
     let group = "settling";
     let first = fx.connect().await;
-    first
-        .subscribe(opts(fx, group))
-        .await
-        .unwrap()
-        .close()
-        .await;
+    // A member dropped without closing leaves what it had prefetched to
+    // the group's ack wait (on NATS): keep that short.
+    let o = opts(fx, group).ack_wait(Duration::from_secs(2));
+    first.subscribe(o.clone()).await.unwrap().close().await;
     first.close().await;
     let (rounds, batch) = (4, 50);
     let total = rounds * batch;
     publish_all(fx, (0..total).map(|n| event(fx, n)).collect()).await;
     let mut settled = Vec::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let broker = fx.connect().await;
-        let o = opts(fx, group).prefetch(batch);
-        let mut sub = broker.subscribe(o).await.unwrap();
+        let mut sub = broker.subscribe(o.clone().prefetch(batch)).await.unwrap();
         let mut deliveries = Vec::new();
         for _ in 0..batch {
             deliveries.push(recv(&mut sub, WAIT).await);
         }
-        // The last one is dead-lettered, after the acks.
-        let last = deliveries.pop().unwrap();
-        for d in deliveries {
-            settled.push(number(&d.message));
-            d.ack().await.unwrap();
+        settled.extend(deliveries.iter().map(|d| number(&d.message)));
+        if round % 2 == 0 {
+            // Acks, the last one dead-lettered, then the member closes and
+            // its connection.
+            let last = deliveries.pop().unwrap();
+            for d in deliveries {
+                d.ack().await.unwrap();
+            }
+            last.dead_letter("unwanted").await.unwrap();
+            sub.close().await;
+            broker.close().await;
+        } else {
+            // The first one dead-lettered, then acks, and the connection
+            // closes right after the last ack (a command exiting), before
+            // the member does.
+            let mut deliveries = deliveries.into_iter();
+            let first = deliveries.next().unwrap();
+            first.dead_letter("unwanted").await.unwrap();
+            for d in deliveries {
+                d.ack().await.unwrap();
+            }
+            broker.close().await;
+            drop(sub);
         }
-        settled.push(number(&last.message));
-        last.dead_letter("unwanted").await.unwrap();
-        sub.close().await;
-        broker.close().await;
     }
     settled.sort_unstable();
     assert_eq!(settled, (0..total).collect::<Vec<_>>(), "each once");

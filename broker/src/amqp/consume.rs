@@ -302,11 +302,16 @@ impl Acker for AmqpAcker {
 
 /// Closes a subscription's channel once the pump and every delivery from
 /// it are gone (closing earlier would requeue deliveries still being handled).
-struct ChannelGuard(Channel);
+struct ChannelGuard(Channel, Arc<Inner>);
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
         let ch = self.0.clone();
+        self.1
+            .consumer_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ch.id());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = ch
@@ -339,7 +344,12 @@ async fn pump(
     dedup: Arc<Mutex<RecentIds>>,
     h: PumpHandle,
 ) {
-    let channel = Arc::new(ChannelGuard(ch.clone()));
+    inner
+        .consumer_channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ch.id(), (ch.clone(), Vec::new()));
+    let channel = Arc::new(ChannelGuard(ch.clone(), inner.clone()));
     let mut p = Pump {
         group: Arc::from(o.group.as_str()),
         retry: Arc::from(names.retry.as_str()),
@@ -382,16 +392,27 @@ async fn pump(
 
 impl Pump {
     async fn consume(&self, queue: &str, args: FieldTable) -> Result<lapin::Consumer, BrokerError> {
-        let tag = format!("{}-{}", self.group, uuid::Uuid::now_v7());
-        self.ch
+        let tag = ShortString::from(format!("{}-{}", self.group, uuid::Uuid::now_v7()));
+        let consumer = self
+            .ch
             .basic_consume(
                 ShortString::from(queue),
-                ShortString::from(tag),
+                tag.clone(),
                 BasicConsumeOptions::default(),
                 args,
             )
             .await
-            .map_err(|e| BrokerError::Backend(format!("consuming {queue}: {e}")))
+            .map_err(|e| BrokerError::Backend(format!("consuming {queue}: {e}")))?;
+        if let Some((_, tags)) = self
+            .inner
+            .consumer_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.ch.id())
+        {
+            tags.push(tag);
+        }
+        Ok(consumer)
     }
 
     /// Reads the stream queue from the start offset up to the seam.
