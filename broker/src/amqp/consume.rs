@@ -14,7 +14,7 @@
 //! go through the retry queue into the group queue, like any other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -302,16 +302,51 @@ impl Acker for AmqpAcker {
 
 /// Closes a subscription's channel once the pump and every delivery from
 /// it are gone (closing earlier would requeue deliveries still being handled).
-struct ChannelGuard(Channel, Arc<Inner>);
+struct ChannelGuard {
+    ch: Channel,
+    inner: Arc<Inner>,
+    /// Its entry in `Inner::consumer_channels` (not the channel id, which
+    /// lapin reuses once a channel is closed).
+    key: u64,
+}
 
-impl Drop for ChannelGuard {
-    fn drop(&mut self) {
-        let ch = self.0.clone();
-        self.1
+/// Keys of `Inner::consumer_channels`.
+static CHANNEL_KEYS: AtomicU64 = AtomicU64::new(0);
+
+impl ChannelGuard {
+    /// Guards `ch`, recorded in `inner` for the broker's `close`.
+    fn new(ch: Channel, inner: Arc<Inner>) -> Self {
+        let key = CHANNEL_KEYS.fetch_add(1, Ordering::Relaxed);
+        inner
             .consumer_channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&ch.id());
+            .insert(key, (ch.clone(), Vec::new()));
+        Self { ch, inner, key }
+    }
+
+    /// Records consumer `tag` of the channel (cancelled by the broker's `close`).
+    fn consuming(&self, tag: ShortString) {
+        if let Some((_, tags)) = self
+            .inner
+            .consumer_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.key)
+        {
+            tags.push(tag);
+        }
+    }
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        let ch = self.ch.clone();
+        self.inner
+            .consumer_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = ch
@@ -344,12 +379,7 @@ async fn pump(
     dedup: Arc<Mutex<RecentIds>>,
     h: PumpHandle,
 ) {
-    inner
-        .consumer_channels
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ch.id(), (ch.clone(), Vec::new()));
-    let channel = Arc::new(ChannelGuard(ch.clone(), inner.clone()));
+    let channel = Arc::new(ChannelGuard::new(ch.clone(), inner.clone()));
     let mut p = Pump {
         group: Arc::from(o.group.as_str()),
         retry: Arc::from(names.retry.as_str()),
@@ -403,15 +433,7 @@ impl Pump {
             )
             .await
             .map_err(|e| BrokerError::Backend(format!("consuming {queue}: {e}")))?;
-        if let Some((_, tags)) = self
-            .inner
-            .consumer_channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&self.ch.id())
-        {
-            tags.push(tag);
-        }
+        self.channel.consuming(tag);
         Ok(consumer)
     }
 

@@ -106,9 +106,9 @@ pub struct Inner {
     dedup: Mutex<HashMap<String, Arc<Mutex<consume::RecentIds>>>>,
     /// Acks handed to lapin and not yet written: `close` waits for them.
     acks_in_flight: tokio::sync::watch::Sender<usize>,
-    /// The subscriptions' open channels and their consumer tags, by channel
-    /// id: `close` cancels and closes them before the connection.
-    consumer_channels: Mutex<HashMap<u16, (Channel, Vec<ShortString>)>>,
+    /// The subscriptions' open channels and their consumer tags:
+    /// `close` cancels and closes them before the connection.
+    consumer_channels: Mutex<HashMap<u64, (Channel, Vec<ShortString>)>>,
 }
 
 impl std::fmt::Debug for AmqpBroker {
