@@ -681,6 +681,7 @@ pub(crate) async fn upload_image(
 pub(crate) struct ImageSize {
     /// `original` (default), `medium` (fits 512×512) or `small` (fits
     /// 128×128).
+    #[param(pattern = "^(original|medium|small)$")]
     size: Option<String>,
 }
 
@@ -858,12 +859,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The longest `Idempotency-Key` (as the OpenAPI document says).
+pub(crate) const IDEMPOTENCY_KEY_MAX: usize = 200;
+
 /// `POST /v1/orders` (scope `orders:write`, header `Idempotency-Key`) →
 /// 202 `{id, status: PENDING}` + Location. The pending row, the
 /// idempotency record and the `orders.cmd.place` command commit together;
 /// a repeated key with the same body answers the same, with another body 422.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders",
-    params(("Idempotency-Key" = String, Header, description = "1 to 200 characters; a retry with the same key and body gets the first answer")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$",
+        description = "1 to 200 visible ASCII characters (spaces only inside); a retry with the same key and body gets the first answer")),
     request_body = NewOrder,
     security(("bearer" = ["orders:write"])),
     responses(
@@ -882,7 +887,7 @@ pub(crate) async fn place_order(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
         .ok_or_else(|| {
             Problem::bad_request("an Idempotency-Key header (1 to 200 characters) is required")
         })?

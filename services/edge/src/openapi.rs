@@ -376,6 +376,23 @@ mod tests {
         for name in ["Product", "Order", "Problem", "Item", "NewOrder", "Token"] {
             assert!(s["components"]["schemas"][name].is_object(), "{name}");
         }
+        // The order's idempotency key is described as the handler checks it.
+        let key = s["paths"]["/v1/orders"]["post"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+            .expect("Idempotency-Key parameter");
+        assert_eq!(key["in"], "header");
+        assert_eq!(key["required"], true);
+        assert_eq!(key["schema"]["minLength"], 1);
+        assert_eq!(key["schema"]["maxLength"], crate::api::IDEMPOTENCY_KEY_MAX);
+        assert_eq!(key["schema"]["pattern"], "^[!-~]([ -~]*[!-~])?$");
+        // So is an image's size.
+        let size = s["paths"]["/v1/products/{id}/images/{image_id}"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "size"))
+            .expect("size parameter");
+        assert_eq!(size["in"], "query");
+        assert_eq!(size["schema"]["pattern"], "^(original|medium|small)$");
         let page = render(&s);
         assert!(page.contains("<code>/v1/orders/{id}/events</code>"));
         assert!(page.contains("id=\"schema-Order\""));
