@@ -922,22 +922,26 @@ impl Shadow {
     /// Removes the shadow (best effort: a failure is logged).
     async fn drop_from(self, live: &DatabaseConnection) {
         self.db.close_by_ref().await.ok();
-        let result = match &self.file {
+        match &self.file {
             Some(path) => {
                 // Not attached when the build failed before the swap.
                 let _ = live.execute_unprepared("DETACH DATABASE replay").await;
                 for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                    let file = format!("{path}{suffix}");
+                    match std::fs::remove_file(&file) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!(error = %e, file, "could not remove the replay's shadow file");
+                        }
+                        _ => {}
+                    }
                 }
-                Ok(())
             }
-            None => live
-                .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
-                .await
-                .map(|_| ()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not remove the replay's shadow database");
+            None => {
+                let drop = format!("DROP SCHEMA {} CASCADE", self.schema);
+                if let Err(e) = live.execute_unprepared(&drop).await {
+                    tracing::warn!(error = %e, schema = self.schema, "could not remove the replay's shadow schema");
+                }
+            }
         }
     }
 }
