@@ -55,6 +55,15 @@ async fn recv(sub: &mut Subscription, within: Duration) -> Delivery {
     }
 }
 
+/// Receives the events numbered `expected`, in that order, acking each.
+async fn ack_in_order(sub: &mut Subscription, expected: std::ops::Range<usize>) {
+    for n in expected {
+        let d = recv(sub, WAIT).await;
+        assert_eq!(number(&d.message), n);
+        d.ack().await.unwrap();
+    }
+}
+
 /// Asserts nothing arrives for `quiet`.
 async fn assert_quiet(sub: &mut Subscription, quiet: Duration) {
     if let Ok(Some(item)) = tokio::time::timeout(quiet, sub.next()).await {
@@ -439,11 +448,7 @@ async fn a_republished_ce_id_is_stored_once(fx: &Fixture) {
 async fn order_is_kept_per_subject_with_one_consumer(fx: &Fixture) {
     let mut sub = fx.broker.subscribe(opts(fx, "g")).await.unwrap();
     publish_all(fx, (0..500).map(|n| event(fx, n)).collect()).await;
-    for expected in 0..500 {
-        let d = recv(&mut sub, WAIT).await;
-        assert_eq!(number(&d.message), expected);
-        d.ack().await.unwrap();
-    }
+    ack_in_order(&mut sub, 0..500).await;
     sub.close().await;
 }
 
@@ -526,11 +531,7 @@ async fn a_restarted_consumer_resumes_after_the_last_ack(fx: &Fixture) {
     let o = opts(fx, "g").start(StartPosition::Beginning);
     let mut sub = fx.broker.subscribe(o.clone()).await.unwrap();
     publish_all(fx, (0..20).map(|n| event(fx, n)).collect()).await;
-    for expected in 0..10 {
-        let d = recv(&mut sub, WAIT).await;
-        assert_eq!(number(&d.message), expected);
-        d.ack().await.unwrap();
-    }
+    ack_in_order(&mut sub, 0..10).await;
     sub.close().await;
     let mut sub = fx.broker.subscribe(o).await.unwrap();
     let mut rest = Vec::new();
@@ -568,11 +569,7 @@ async fn a_group_deleted_after_its_member_was_dropped_starts_afresh(fx: &Fixture
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let o = opts(fx, "reset").start(StartPosition::Beginning);
     let mut sub = fx.broker.subscribe(o).await.unwrap();
-    for expected in 0..3 {
-        let d = recv(&mut sub, WAIT).await;
-        assert_eq!(number(&d.message), expected);
-        d.ack().await.unwrap();
-    }
+    ack_in_order(&mut sub, 0..3).await;
     sub.close().await;
 }
 

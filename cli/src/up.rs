@@ -158,10 +158,7 @@ fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<sluice_kit::Secret> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for the admin key"))?;
-    let key = format!(
-        "sk_admin_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
+    let key = format!("sk_admin_{}", sluice_kit::hex::encode(&bytes));
     {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;

@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod db;
 pub mod handler;
 pub mod health;
+pub mod hex;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;

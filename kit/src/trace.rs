@@ -58,24 +58,15 @@ fn traceparent_of(sc: &SpanContext) -> Option<String> {
     }
     let mut traceparent = String::with_capacity(55);
     traceparent.push_str("00-");
-    push_hex(&mut traceparent, &sc.trace_id().to_bytes());
+    crate::hex::push(&mut traceparent, &sc.trace_id().to_bytes());
     traceparent.push('-');
-    push_hex(&mut traceparent, &sc.span_id().to_bytes());
+    crate::hex::push(&mut traceparent, &sc.span_id().to_bytes());
     traceparent.push('-');
-    push_hex(
+    crate::hex::push(
         &mut traceparent,
         &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
     Some(traceparent)
-}
-
-/// Appends `bytes` to `out` in lower-case hex.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
 }
 
 struct HeaderExtractor<'a>(&'a Headers);

@@ -52,7 +52,7 @@ pub fn parse_key(key: &str) -> Option<(&str, &str)> {
 /// The hex SHA-256 of a secret's text, as stored and published.
 pub fn secret_hash(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    sluice_kit::hex::encode(digest.as_ref())
 }
 
 /// `scopes` checked against [`SCOPES`], without repeats, in request order.

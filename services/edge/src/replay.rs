@@ -792,12 +792,7 @@ async fn digest_in(
             }
         }
     }
-    Ok(ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(sluice_kit::hex::encode(ctx.finish().as_ref()))
 }
 
 impl Shadow {
