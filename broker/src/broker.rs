@@ -175,6 +175,13 @@ pub trait LogCursor: Send {
     /// # Errors
     /// The broker could not be read.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError>;
+
+    /// Whether the stream keeps each message id (`ce-id`) once for good, so
+    /// the cursor never returns an id twice. `false` where de-duplication
+    /// has a window (NATS) or none.
+    fn unique_ids(&self) -> bool {
+        false
+    }
 }
 
 /// The capacity a cursor's page starts with for `max` messages: sized once

@@ -900,6 +900,19 @@ async fn read_models_are_replayed_while_the_edge_serves(b: BrokerBackend, d: DbB
         64,
         "a SHA-256 in hex"
     );
+    // Read from the embedded log (each id kept once for good), the orders'
+    // shadow kept no inbox and the swap left a watermark; elsewhere, and
+    // for the products' three filters, the inbox way.
+    for (name, watermark) in [
+        ("edge-orders", b == BrokerBackend::Embedded),
+        ("edge-products", false),
+    ] {
+        let cp = sluice_kit::router::checkpoint(&live, name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.replayed_to.is_some(), watermark, "{name}: {cp:?}");
+    }
     // The edge served throughout and goes on projecting after the swap.
     for id in &orders {
         until(&shop, &format!("/v1/orders/{id}"), &alice, |o| {

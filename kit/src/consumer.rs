@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, EntityTrait, NotSet, Set, TransactionTrait,
+};
 use sluice_broker::{
     Broker, BrokerError, Delivery, InboundMessage, OutboundMessage, StartPosition,
     SubscribeOptions, Subscription,
@@ -41,7 +43,7 @@ use crate::handler::{FromJob, JobCtx};
 use crate::metrics::ConsumerMetrics;
 use crate::outbox::RelayWaker;
 use crate::retry::{HandlerError, RetryPolicy, Settled};
-use crate::router::{Handle, Spec};
+use crate::router::{Checkpoint, Handle, Spec};
 use crate::shutdown::ShutdownListener;
 
 /// How a consumer fetches, orders, retries and drains.
@@ -177,6 +179,9 @@ pub(crate) struct Runtime<S, C> {
     source: Arc<str>,
     waker: Option<RelayWaker>,
     projection: bool,
+    /// Whether handled ids go to the inbox (an [`Applier::in_order`] does
+    /// without).
+    inbox: bool,
     metrics: ConsumerMetrics,
     broker_kind: &'static str,
 }
@@ -201,6 +206,7 @@ where
             source: Arc::from(source),
             waker,
             projection,
+            inbox: true,
             metrics,
             broker_kind,
         }
@@ -450,8 +456,15 @@ where
         jobs: &[Job],
     ) -> Result<(Vec<Outcome>, usize), HandlerError> {
         let name = &self.spec.name;
-        let mut fresh =
-            crate::inbox::record(&**txn, name, jobs.iter().map(|j| j.envelope.id.as_str())).await?;
+        let ids = jobs.iter().map(|j| j.envelope.id.as_str());
+        let mut fresh = if self.inbox {
+            crate::inbox::record(&**txn, name, ids).await?
+        } else {
+            ids.map(str::to_owned).collect()
+        };
+        if self.projection && self.inbox {
+            self.skip_replayed(txn, jobs, &mut fresh).await?;
+        }
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut emitted = Vec::new();
         // The run of consecutive events of one batch route being gathered:
@@ -558,6 +571,35 @@ where
         Ok(())
     }
 
+    /// Leaves out of `fresh` the events a replay's rebuilt model already
+    /// holds: those at or below the watermark the replay's swap left in the
+    /// checkpoint. Read after the inbox insert, which waits while a swap
+    /// holds the live tables, so a swap that committed meanwhile is seen.
+    async fn skip_replayed(
+        &self,
+        txn: &DatabaseTransaction,
+        jobs: &[Job],
+        fresh: &mut HashSet<String>,
+    ) -> Result<(), HandlerError> {
+        if jobs.iter().all(|j| j.delivery.message.sequence.is_none()) {
+            return Ok(());
+        }
+        let Some(Checkpoint {
+            replayed_to: Some(to),
+            replayed_until,
+            ..
+        }) = crate::router::checkpoint(txn, &self.spec.name).await?
+        else {
+            return Ok(());
+        };
+        for job in jobs {
+            if replayed(&job.delivery.message, to, replayed_until) {
+                fresh.remove(job.envelope.id.as_str());
+            }
+        }
+        Ok(())
+    }
+
     /// Advances the projection's checkpoint by the events it applied.
     async fn checkpoint(
         &self,
@@ -579,6 +621,8 @@ where
             position: Set(position),
             events: Set(i64::try_from(applied).unwrap_or(i64::MAX)),
             updated_at: Set(crate::db::now_micros()),
+            replayed_to: NotSet,
+            replayed_until: NotSet,
         };
         let mut on_conflict = OnConflict::column(checkpoint::Column::Consumer);
         on_conflict
@@ -710,6 +754,16 @@ impl<S: Send + Sync + 'static> Applier<S> {
         ))
     }
 
+    /// This applier without the inbox: handled ids are not recorded, nor
+    /// looked up. Only for a reader that hands over each event once, in
+    /// order — a log that keeps each id once (`LogCursor::unique_ids`) read
+    /// through a cursor — into a model that nothing else writes.
+    #[must_use]
+    pub fn in_order(mut self) -> Self {
+        self.0.inbox = false;
+        self
+    }
+
     /// Applies `messages`, in order, in one transaction (each alone if that
     /// fails, as the consumer does).
     ///
@@ -751,6 +805,25 @@ impl<S: Send + Sync + 'static> Applier<S> {
         }
         Ok(done)
     }
+}
+
+/// Whether a replay's watermark (`to`, published up to `until`) covers `m`:
+/// a sequence at or below it, and, where both are known, a log time not
+/// after the watermark's (a stream made anew numbers from 1 again, later).
+fn replayed(m: &InboundMessage, to: i64, until: Option<i64>) -> bool {
+    let Some(sequence) = m.sequence.and_then(|s| i64::try_from(s).ok()) else {
+        return false;
+    };
+    let published = m.timestamp.and_then(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_micros()).ok())
+    });
+    sequence <= to
+        && match (published, until) {
+            (Some(at), Some(until)) => at <= until,
+            _ => true,
+        }
 }
 
 /// A message as a log line names it: its id, else its subject and sequence.
@@ -902,5 +975,36 @@ impl Sched {
         while self.pending() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn at(sequence: Option<u64>, micros: Option<u64>) -> InboundMessage {
+        InboundMessage {
+            subject: "d.x".into(),
+            headers: sluice_broker::Headers::new(),
+            payload: Default::default(),
+            sequence,
+            delivered: 1,
+            timestamp: micros.map(|m| UNIX_EPOCH + Duration::from_micros(m)),
+        }
+    }
+
+    #[test]
+    fn a_watermark_covers_sequences_up_to_it_published_until_its_time() {
+        assert!(replayed(&at(Some(5), Some(100)), 5, Some(100)));
+        assert!(replayed(&at(Some(1), Some(50)), 5, Some(100)));
+        assert!(!replayed(&at(Some(6), Some(100)), 5, Some(100)), "past it");
+        // A stream made anew numbers from 1 again, after the watermark's time.
+        assert!(!replayed(&at(Some(2), Some(101)), 5, Some(100)));
+        // Where a time is unknown, the sequence decides.
+        assert!(replayed(&at(Some(2), None), 5, Some(100)));
+        assert!(replayed(&at(Some(2), Some(101)), 5, None));
+        assert!(!replayed(&at(None, Some(1)), 5, Some(100)), "no sequence");
     }
 }

@@ -326,6 +326,12 @@ pub struct Checkpoint {
     pub position: Option<i64>,
     /// Events applied since the projection was (re)built.
     pub events: i64,
+    /// The watermark a replay left: the model holds every event of the
+    /// projection's stream up to this sequence, so the projection skips
+    /// deliveries at or below it (published up to `replayed_until`).
+    pub replayed_to: Option<i64>,
+    /// The log time (µs since the epoch) of the event at `replayed_to`.
+    pub replayed_until: Option<i64>,
 }
 
 /// The checkpoint of projection `name`, if it has applied anything.
@@ -344,6 +350,8 @@ pub async fn checkpoint(
             .map(|m| Checkpoint {
                 position: m.position,
                 events: m.events,
+                replayed_to: m.replayed_to,
+                replayed_until: m.replayed_until,
             }),
     )
 }

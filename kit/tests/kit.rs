@@ -526,6 +526,80 @@ async fn a_projection_is_rebuilt_from_the_beginning(b: BrokerBackend, d: DbBacke
     env.cleanup().await;
 }
 
+/// A replay's swap leaves a watermark in the projection's checkpoint (the
+/// rebuilt model holds every event of the stream up to it): the live
+/// projection then skips what is at or below it and applies what follows.
+async fn a_projection_skips_what_a_replay_watermark_covers(b: BrokerBackend, d: DbBackend) {
+    let env = Env::new(b, d).await;
+    let subject = env.subject("order.placed");
+    let published = publish_all(
+        env.tb.broker.as_ref(),
+        (0..20)
+            .map(|i| placed(&subject, &format!("k{}", i % 3), i))
+            .collect(),
+    )
+    .await;
+    let now = sluice_kit::db::now_micros();
+    env.tdb
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            env.tdb.db.get_database_backend(),
+            "INSERT INTO sluice_checkpoint (consumer, position, events, updated_at, replayed_to, replayed_until) \
+             VALUES ($1, 12, 12, $2, 12, $2)",
+            ["view".into(), now.into()],
+        ))
+        .await
+        .unwrap();
+    let svc = Service::new("t", env.broker(), env.tdb.db.clone())
+        .projection(
+            Projection::new("view", ())
+                .on(&subject, project)
+                .options(fast_options()),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("all 20 read", || async {
+        checkpoint(&env.tdb.db, "view")
+            .await
+            .unwrap()
+            .is_some_and(|c| c.position == Some(20))
+    })
+    .await;
+    svc.stop().await;
+    let mut want = published[12..].to_vec();
+    want.sort();
+    assert_eq!(ids(&env).await, want, "only the events past the watermark");
+    let cp = checkpoint(&env.tdb.db, "view").await.unwrap().unwrap();
+    assert_eq!(cp.events, 20, "12 replayed, 8 applied live: {cp:?}");
+    assert_eq!(cp.replayed_to, Some(12), "the watermark stays: {cp:?}");
+    env.cleanup().await;
+}
+
+/// RabbitMQ gives no stream sequence to what a group reads live, and a
+/// replay leaves no watermark there: the scenario runs where it applies.
+mod a_projection_skips_what_a_replay_watermark_covers {
+    use sluice_kit::testing::{BrokerBackend, DbBackend};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn embedded_sqlite() {
+        super::a_projection_skips_what_a_replay_watermark_covers(
+            BrokerBackend::Embedded,
+            DbBackend::Sqlite,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn nats_postgres() {
+        super::a_projection_skips_what_a_replay_watermark_covers(
+            BrokerBackend::Nats,
+            DbBackend::Postgres,
+        )
+        .await;
+    }
+}
+
 async fn after_commit_runs_once_the_handled_rows_are_visible(b: BrokerBackend, d: DbBackend) {
     let env = Env::new(b, d).await;
     let probe = Arc::new(Probe::default());

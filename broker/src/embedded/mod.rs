@@ -363,6 +363,12 @@ struct Cursor {
 
 #[async_trait]
 impl LogCursor for Cursor {
+    /// The log's unique index on `(stream, msg_id)` keeps each `ce-id` once
+    /// for good (not within a window).
+    fn unique_ids(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
         let max = max.max(1);
         let mut out = Vec::with_capacity(crate::broker::page_capacity(max));

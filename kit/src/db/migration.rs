@@ -11,7 +11,11 @@ pub struct KitMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for KitMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateKitTables), Box::new(InboxWithoutRowid)]
+        vec![
+            Box::new(CreateKitTables),
+            Box::new(InboxWithoutRowid),
+            Box::new(CheckpointReplayedTo),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -45,6 +49,8 @@ enum SluiceCheckpoint {
     Position,
     Events,
     UpdatedAt,
+    ReplayedTo,
+    ReplayedUntil,
 }
 
 struct CreateKitTables;
@@ -193,6 +199,40 @@ impl MigrationTrait for InboxWithoutRowid {
     /// otherwise).
     fn use_transaction(&self) -> Option<bool> {
         Some(true)
+    }
+}
+
+/// `sluice_checkpoint` gets the watermark a replay leaves behind:
+/// `replayed_to`, the stream sequence up to which the rebuilt model holds
+/// every event of the projection's stream, and `replayed_until`, the log
+/// time (µs) of that event. The live projection skips what is at or below
+/// it (see `sluice_kit::router::Checkpoint`).
+struct CheckpointReplayedTo;
+
+impl MigrationName for CheckpointReplayedTo {
+    fn name(&self) -> &str {
+        "m0003_kit_checkpoint_replayed_to"
+    }
+}
+
+// async_trait's expansion of the trait's signature needs the elided lifetime.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for CheckpointReplayedTo {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for column in [
+            SluiceCheckpoint::ReplayedTo,
+            SluiceCheckpoint::ReplayedUntil,
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(SluiceCheckpoint::Table)
+                    .add_column(ColumnDef::new(column).big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

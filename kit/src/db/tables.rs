@@ -74,6 +74,11 @@ pub mod checkpoint {
         pub events: i64,
         /// Last change (µs since the epoch).
         pub updated_at: i64,
+        /// A replay's watermark: the model holds every event of the stream
+        /// up to this sequence.
+        pub replayed_to: Option<i64>,
+        /// The log time (µs since the epoch) of the event at `replayed_to`.
+        pub replayed_until: Option<i64>,
     }
 
     /// No relations.

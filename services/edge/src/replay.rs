@@ -2,17 +2,29 @@
 //!
 //! [`replay`] builds the projection into a *shadow* — a SQLite file beside
 //! the live one, or a schema of its own in the same PostgreSQL database —
-//! under a consumer group of its own, until it has caught up with the log.
-//! Then, in one transaction of the live database, it swaps the rows in:
-//! the live tables get the shadow's rows, the live projection's inbox gets
-//! the ids of every event the shadow applied (so the live consumer, which
-//! kept running, skips what the new rows already contain), and its
-//! checkpoint the shadow's. Readers see the old model or the new one,
-//! never a mix; the live projection's writes wait for the swap.
+//! until it has caught up with the log. Then, in one transaction of the
+//! live database, it swaps the rows in: the live tables get the shadow's
+//! rows and the live projection's checkpoint the shadow's, with what the
+//! live consumer (which kept running) must skip because the new rows
+//! already contain it. Readers see the old model or the new one, never a
+//! mix; the live projection's writes wait for the swap.
+//!
+//! What to skip is told one of two ways:
+//! - **A watermark.** A one-filter projection read through a cursor of a
+//!   log that keeps each id once (the embedded log) gets every event once,
+//!   in order: the shadow applies without an inbox, and the swap leaves
+//!   the sequence (and log time) of the last event read in the live
+//!   checkpoint. The live projection skips deliveries at or below it.
+//! - **The inbox.** Otherwise (NATS, whose de-duplication has a window;
+//!   RabbitMQ, read through a consumer group; several filters; a replay of
+//!   a file, whose sequences are not the live log's) the shadow records
+//!   each event's id in an inbox, and the swap copies those ids into the
+//!   live projection's inbox.
 //!
 //! Before swapping, the transaction checks that every event the live
-//! projection applied since the replay began is in the shadow too; if the
-//! live one got ahead, the shadow catches up again and the swap is retried.
+//! projection applied since the replay began is in the shadow too (with a
+//! watermark: that the live checkpoint has not moved past it); if the live
+//! one got ahead, the shadow catches up again and the swap is retried.
 //!
 //! The digest ([`digest`]) is a SHA-256 over the model's rows in key order,
 //! of the columns the events determine: an order's `created_at` and
@@ -283,7 +295,7 @@ async fn build_and_swap(
                 model(subjects, config, name, shadow_name, options.start)?,
                 shadow_name,
                 filter,
-                options.start,
+                options,
             )
             .await?,
         ),
@@ -317,13 +329,14 @@ async fn build_and_swap(
         shadow.attach(live).await?;
         let digest = digest_in(live, &shadow.schema, tables).await?;
         let swap_started = Instant::now();
+        let watermark = direct.as_ref().and_then(Direct::watermark);
         match swap(
             live,
             shadow,
             tables,
-            name,
-            shadow_name,
+            (name, shadow_name),
             options.check_live.then_some(began),
+            watermark,
         )
         .await?
         {
@@ -412,6 +425,11 @@ struct Direct {
     applier: Arc<AnyApplier>,
     source: Source,
     events: i64,
+    /// Whether the shadow applies without an inbox, leaving the live
+    /// projection a watermark instead (see [`Direct::watermark`]).
+    in_order: bool,
+    /// The stream sequence and log time (µs) of the last message read.
+    last: Option<(i64, Option<i64>)>,
 }
 
 /// Where a direct replay reads the log.
@@ -435,18 +453,13 @@ impl Direct {
         model: Model,
         shadow_name: &str,
         filter: &str,
-        start: StartPosition,
+        options: ReplayOptions,
     ) -> Result<Self, ReplayError> {
-        let db = shadow.db.clone();
-        let applier = match model {
-            Model::Plain(p) => AnyApplier::Unit(p.into_applier(db)),
-            Model::Orders(p) => AnyApplier::Orders(p.into_applier(db)),
-        };
-        let source = match broker.cursor(filter, start).await? {
+        let source = match broker.cursor(filter, options.start).await? {
             Some(cursor) => Source::Cursor(cursor),
             None => {
                 let options = sluice_broker::SubscribeOptions::new(shadow_name, filter)
-                    .start(start)
+                    .start(options.start)
                     .prefetch(2 * DIRECT_BATCH)
                     .ack_wait(Duration::from_secs(600))
                     .max_deliveries(1000);
@@ -456,11 +469,34 @@ impl Direct {
                 }
             }
         };
+        // A cursor over a log that keeps each id once hands every event
+        // over once, in order: the shadow needs no inbox, and the live
+        // projection learns what the rebuilt model holds from a watermark
+        // (the live log's sequences: not for a replay of a file).
+        let in_order = options.check_live && matches!(&source, Source::Cursor(c) if c.unique_ids());
+        let db = shadow.db.clone();
+        let applier = match model {
+            Model::Plain(p) if in_order => AnyApplier::Unit(p.into_applier(db).in_order()),
+            Model::Plain(p) => AnyApplier::Unit(p.into_applier(db)),
+            Model::Orders(p) if in_order => AnyApplier::Orders(p.into_applier(db).in_order()),
+            Model::Orders(p) => AnyApplier::Orders(p.into_applier(db)),
+        };
         Ok(Self {
             applier: Arc::new(applier),
             source,
             events: 0,
+            in_order,
+            last: None,
         })
+    }
+
+    /// The watermark the swap leaves the live projection when the shadow
+    /// applied without an inbox: the sequence and log time of the last
+    /// event read (every event up to it is in the rebuilt model). `None`
+    /// when the shadow kept an inbox, or read nothing.
+    fn watermark(&self) -> Option<Watermark> {
+        let (to, until) = self.last.filter(|_| self.in_order)?;
+        Some(Watermark { to, until })
     }
 
     /// Applies what the log holds until the cursor is at its end or the
@@ -504,7 +540,15 @@ impl Direct {
     async fn read_batch(&mut self) -> Result<Vec<sluice_broker::InboundMessage>, ReplayError> {
         use futures::FutureExt;
         let subscription = match &mut self.source {
-            Source::Cursor(cursor) => return Ok(cursor.next_batch(DIRECT_BATCH).await?),
+            Source::Cursor(cursor) => {
+                let batch = cursor.next_batch(DIRECT_BATCH).await?;
+                if let Some(m) = batch.last()
+                    && let Some(sequence) = m.sequence.and_then(|s| i64::try_from(s).ok())
+                {
+                    self.last = Some((sequence, m.timestamp.and_then(micros)));
+                }
+                return Ok(batch);
+            }
             Source::Group { subscription, .. } => subscription,
         };
         let mut batch = Vec::with_capacity(DIRECT_BATCH);
@@ -558,6 +602,21 @@ impl Direct {
     }
 }
 
+/// `t` in µs since the epoch.
+fn micros(t: std::time::SystemTime) -> Option<i64> {
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_micros()).ok()
+}
+
+/// What the rebuilt model holds of the live log, for a shadow built
+/// without an inbox: every event of the stream up to sequence `to`,
+/// published up to `until` (µs).
+#[derive(Debug, Clone, Copy)]
+struct Watermark {
+    to: i64,
+    until: Option<i64>,
+}
+
 /// A batch being applied.
 type Applying = tokio::task::JoinHandle<Result<sluice_kit::Applied, sluice_kit::HandlerError>>;
 
@@ -603,13 +662,17 @@ async fn catch_up(
 /// digest before it, the rows copied and the events the shadow applied.
 /// `None` when the live projection applied an event since `check_since`
 /// that the shadow lacks.
+///
+/// What the live projection then skips: with a `watermark`, every event at
+/// or below it (set in its checkpoint); without, the ids in the shadow's
+/// inbox (copied into the live one).
 async fn swap(
     live: &DatabaseConnection,
     shadow: &Shadow,
     tables: &[Table],
-    name: &str,
-    shadow_name: &str,
+    (name, shadow_name): (&str, &str),
     check_since: Option<i64>,
+    watermark: Option<Watermark>,
 ) -> Result<Option<(String, u64, i64)>, ReplayError> {
     let backend = live.get_database_backend();
     let l = live_schema(live).await?;
@@ -635,15 +698,32 @@ async fn swap(
         .await
         .map_err(db("locking the live tables"))?;
     if let Some(since) = check_since {
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM {l}.sluice_inbox li WHERE li.consumer = $1 AND li.handled_at >= $2 \
-             AND NOT EXISTS (SELECT 1 FROM {s}.sluice_inbox si WHERE si.consumer = $3 AND si.event_id = li.event_id)"
-        );
-        let ahead = count(
-            &txn,
-            stmt(sql, vec![name.into(), since.into(), shadow_name.into()]),
-        )
-        .await?;
+        let ahead = match watermark {
+            // The shadow holds every event up to the watermark: the live
+            // projection got ahead if it applied one past it meanwhile.
+            Some(w) => {
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM {l}.sluice_checkpoint WHERE consumer = $1 \
+                     AND updated_at >= $2 AND position > $3"
+                );
+                count(
+                    &txn,
+                    stmt(sql, vec![name.into(), since.into(), w.to.into()]),
+                )
+                .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM {l}.sluice_inbox li WHERE li.consumer = $1 AND li.handled_at >= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM {s}.sluice_inbox si WHERE si.consumer = $3 AND si.event_id = li.event_id)"
+                );
+                count(
+                    &txn,
+                    stmt(sql, vec![name.into(), since.into(), shadow_name.into()]),
+                )
+                .await?
+            }
+        };
         if ahead > 0 {
             txn.rollback().await.map_err(db("rolling back the swap"))?;
             return Ok(None);
@@ -666,16 +746,18 @@ async fn swap(
             .map_err(db("copying the rebuilt rows"))?
             .rows_affected();
     }
-    txn.execute_raw(stmt(
-        format!(
-            "INSERT INTO {l}.sluice_inbox (consumer, event_id, handled_at) \
-             SELECT $1, event_id, handled_at FROM {s}.sluice_inbox WHERE consumer = $2 \
-             ON CONFLICT DO NOTHING"
-        ),
-        vec![name.into(), shadow_name.into()],
-    ))
-    .await
-    .map_err(db("recording the applied events in the live inbox"))?;
+    if watermark.is_none() {
+        txn.execute_raw(stmt(
+            format!(
+                "INSERT INTO {l}.sluice_inbox (consumer, event_id, handled_at) \
+                 SELECT $1, event_id, handled_at FROM {s}.sluice_inbox WHERE consumer = $2 \
+                 ON CONFLICT DO NOTHING"
+            ),
+            vec![name.into(), shadow_name.into()],
+        ))
+        .await
+        .map_err(db("recording the applied events in the live inbox"))?;
+    }
     let events = match sluice_kit::router::checkpoint(&shadow.db, shadow_name)
         .await
         .map_err(db("reading the shadow's checkpoint"))?
@@ -683,10 +765,19 @@ async fn swap(
         Some(c) => {
             txn.execute_raw(stmt(
                 format!(
-                    "INSERT INTO {l}.sluice_checkpoint (consumer, position, events, updated_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, events = excluded.events, updated_at = excluded.updated_at"
+                    "INSERT INTO {l}.sluice_checkpoint (consumer, position, events, updated_at, replayed_to, replayed_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, events = excluded.events, \
+                     updated_at = excluded.updated_at, replayed_to = excluded.replayed_to, replayed_until = excluded.replayed_until"
                 ),
-                vec![name.into(), c.position.into(), c.events.into(), sluice_kit::db::now_micros().into()],
+                vec![
+                    name.into(),
+                    c.position.into(),
+                    c.events.into(),
+                    sluice_kit::db::now_micros().into(),
+                    watermark.map(|w| w.to).into(),
+                    watermark.and_then(|w| w.until).into(),
+                ],
             ))
             .await
             .map_err(db("setting the live checkpoint"))?;
@@ -997,6 +1088,69 @@ mod tests {
         sluice_kit::inbox::contains(&shadow.db, "c", "e")
             .await
             .unwrap();
+        shadow.drop_from(&live).await;
+    }
+
+    async fn exec(db: &DatabaseConnection, sql: &str) {
+        db.execute_unprepared(sql).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watermark_swap_checks_the_live_checkpoint_and_copies_no_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, shadow) = live_and_shadow(&dir).await;
+        let tables = tables("edge-orders").unwrap();
+        exec(
+            &shadow.db,
+            "INSERT INTO sluice_checkpoint (consumer, position, events, updated_at) VALUES ('s', 10, 10, 1); \
+             INSERT INTO sluice_inbox (consumer, event_id, handled_at) VALUES ('s', 'e1', 1)",
+        )
+        .await;
+        // The live projection applied sequence 12 after the replay began:
+        // it got ahead of a shadow that read up to 10.
+        exec(
+            &live,
+            "INSERT INTO sluice_checkpoint (consumer, position, events, updated_at) VALUES ('edge-orders', 12, 12, 100)",
+        )
+        .await;
+        shadow.attach(&live).await.unwrap();
+        let watermark = Some(Watermark {
+            to: 10,
+            until: Some(5),
+        });
+        let names = ("edge-orders", "s");
+        let swapped = swap(&live, &shadow, tables, names, Some(50), watermark);
+        assert!(swapped.await.unwrap().is_none(), "the live one got ahead");
+        // Position 12 from before the replay began: not ahead.
+        let swapped = swap(&live, &shadow, tables, names, Some(101), watermark);
+        assert!(swapped.await.unwrap().is_some());
+        let cp = sluice_kit::router::checkpoint(&live, "edge-orders")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (cp.position, cp.events, cp.replayed_to, cp.replayed_until),
+            (Some(10), 10, Some(10), Some(5)),
+        );
+        assert!(
+            !sluice_kit::inbox::contains(&live, "edge-orders", "e1")
+                .await
+                .unwrap(),
+            "with a watermark no id is copied"
+        );
+        // The inbox way copies the ids and clears the watermark.
+        let swapped = swap(&live, &shadow, tables, names, None, None);
+        assert!(swapped.await.unwrap().is_some());
+        let cp = sluice_kit::router::checkpoint(&live, "edge-orders")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.replayed_to, cp.replayed_until), (None, None));
+        assert!(
+            sluice_kit::inbox::contains(&live, "edge-orders", "e1")
+                .await
+                .unwrap()
+        );
         shadow.drop_from(&live).await;
     }
 
