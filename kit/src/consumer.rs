@@ -814,11 +814,7 @@ fn replayed(m: &InboundMessage, to: i64, until: Option<i64>) -> bool {
     let Some(sequence) = m.sequence.and_then(|s| i64::try_from(s).ok()) else {
         return false;
     };
-    let published = m.timestamp.and_then(|t| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_micros()).ok())
-    });
+    let published = m.timestamp.and_then(crate::db::micros);
     sequence <= to
         && match (published, until) {
             (Some(at), Some(until)) => at <= until,

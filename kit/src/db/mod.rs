@@ -175,10 +175,14 @@ pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
 
 /// Microseconds since the Unix epoch, the kit's timestamp column type.
 pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    micros(std::time::SystemTime::now()).unwrap_or_default()
+}
+
+/// `t` in microseconds since the Unix epoch (saturating); `None` before it.
+pub fn micros(t: std::time::SystemTime) -> Option<i64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 /// Column definitions the services' migrations share.

@@ -545,7 +545,7 @@ impl Direct {
                 if let Some(m) = batch.last()
                     && let Some(sequence) = m.sequence.and_then(|s| i64::try_from(s).ok())
                 {
-                    self.last = Some((sequence, m.timestamp.and_then(micros)));
+                    self.last = Some((sequence, m.timestamp.and_then(sluice_kit::db::micros)));
                 }
                 return Ok(batch);
             }
@@ -600,12 +600,6 @@ impl Direct {
         progress(self.events);
         Ok(())
     }
-}
-
-/// `t` in µs since the epoch.
-fn micros(t: std::time::SystemTime) -> Option<i64> {
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_micros()).ok()
 }
 
 /// What the rebuilt model holds of the live log, for a shadow built
