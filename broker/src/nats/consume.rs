@@ -185,7 +185,9 @@ async fn pause(h: &PumpHandle, backoff: &mut Duration) {
 
 /// The message as Sluice sees it, and how many messages the consumer had
 /// pending after it.
-fn inbound(m: &jetstream::Message) -> Result<(InboundMessage, u64), BrokerError> {
+/// `m` as the broker hands it on, with the stream's pending count after it
+/// and its consumer sequence.
+fn inbound(m: &jetstream::Message) -> Result<(InboundMessage, u64, u64), BrokerError> {
     let info = m.info().map_err(backend)?;
     let message = InboundMessage {
         subject: m.subject.to_string(),
@@ -195,11 +197,11 @@ fn inbound(m: &jetstream::Message) -> Result<(InboundMessage, u64), BrokerError>
         delivered: u32::try_from(info.delivered).unwrap_or(u32::MAX),
         timestamp: Some(SystemTime::from(info.published)),
     };
-    Ok((message, info.pending))
+    Ok((message, info.pending, info.consumer_sequence))
 }
 
 fn delivery(ctx: &Ctx, m: jetstream::Message) -> Result<Delivery, BrokerError> {
-    let (message, _) = inbound(&m)?;
+    let (message, _, _) = inbound(&m)?;
     let acker = NatsAcker {
         js: ctx.js.clone(),
         message: m,
@@ -260,11 +262,32 @@ const AT_END: Duration = Duration::from_millis(200);
 /// How long a cursor waits for a message the stream said it holds.
 const STALLED: Duration = Duration::from_secs(30);
 
-/// A cursor: an ordered consumer (ephemeral, no acks; the client makes it
-/// again from the last sequence if the server loses it). The pending count
-/// that comes with each message tells when the stream's end is reached.
+/// Messages a cursor asks the server for per pull request. The ordered
+/// consumer of async-nats asks for 500, which left reading a large stream
+/// waiting on round trips (export from NATS +14–35 %, replay +12–16 % with
+/// 4,096, alternated on 300,000 events).
+const CURSOR_BATCH: usize = 4096;
+
+/// How often in a row a cursor makes its consumer again (waiting 200 ms
+/// more each time, ~3 s in all) before it reports the error.
+const CURSOR_RETRIES: u32 = 5;
+
+/// A cursor: an ephemeral pull consumer without acks, in memory, one
+/// replica, read in large pull requests. Like async-nats' ordered consumer
+/// it is made again from the next stream sequence when the server loses it
+/// or a message goes missing (a gap in the consumer's sequence). The
+/// pending count that comes with each message tells when the stream's end
+/// is reached.
 pub(super) struct Cursor {
-    messages: pull::Ordered,
+    stream: Stream,
+    filter: String,
+    /// Where the first consumer started.
+    start: StartPosition,
+    messages: pull::Stream,
+    /// The stream sequence of the last message read.
+    last: Option<u64>,
+    /// The consumer sequence of the last message read from this consumer.
+    consumer_seq: u64,
     /// Messages the stream holds past the last one read.
     pending: u64,
 }
@@ -275,17 +298,81 @@ impl Cursor {
         filter: &str,
         start: StartPosition,
     ) -> Result<Self, BrokerError> {
+        let (messages, pending) = Self::consume(stream, filter, deliver_policy(start)).await?;
+        Ok(Self {
+            stream: stream.clone(),
+            filter: filter.to_owned(),
+            start,
+            messages,
+            last: None,
+            consumer_seq: 0,
+            pending,
+        })
+    }
+
+    async fn consume(
+        stream: &Stream,
+        filter: &str,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<(pull::Stream, u64), BrokerError> {
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
+            .create_consumer(pull::Config {
                 filter_subject: filter.to_owned(),
-                deliver_policy: deliver_policy(start),
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await
             .map_err(backend)?;
         let pending = consumer.cached_info().num_pending;
-        let messages = consumer.messages().await.map_err(backend)?;
-        Ok(Self { messages, pending })
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(CURSOR_BATCH)
+            .messages()
+            .await
+            .map_err(backend)?;
+        Ok((messages, pending))
+    }
+
+    /// Makes the consumer again, from the message after the last one read.
+    async fn resume(&mut self) -> Result<(), BrokerError> {
+        let policy = match self.last {
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => deliver_policy(self.start),
+        };
+        let (messages, pending) = Self::consume(&self.stream, &self.filter, policy).await?;
+        self.messages = messages;
+        self.pending = pending;
+        self.consumer_seq = 0;
+        Ok(())
+    }
+
+    /// Makes the consumer again after `why`, waiting longer each time;
+    /// the error once `retries` reaches [`CURSOR_RETRIES`].
+    async fn recover(&mut self, mut why: String, retries: &mut u32) -> Result<(), BrokerError> {
+        loop {
+            if *retries >= CURSOR_RETRIES {
+                return Err(BrokerError::Backend(format!(
+                    "the cursor's consumer failed {CURSOR_RETRIES} times: {why}"
+                )));
+            }
+            *retries += 1;
+            tracing::debug!(
+                why,
+                retries = *retries,
+                "making the cursor's consumer again"
+            );
+            tokio::time::sleep(Duration::from_millis(200) * *retries).await;
+            match self.resume().await {
+                Ok(()) => return Ok(()),
+                Err(e) => why = e.to_string(),
+            }
+        }
     }
 }
 
@@ -294,6 +381,7 @@ impl crate::LogCursor for Cursor {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
         let max = max.max(1);
         let mut out = Vec::with_capacity(crate::broker::page_capacity(max));
+        let mut retries = 0;
         while out.len() < max {
             let at_end = self.pending == 0;
             if at_end && !out.is_empty() {
@@ -302,13 +390,28 @@ impl crate::LogCursor for Cursor {
             let wait = if at_end { AT_END } else { STALLED };
             let m = match tokio::time::timeout(wait, self.messages.next()).await {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(backend(e)),
+                Ok(Some(Err(e))) => {
+                    self.recover(e.to_string(), &mut retries).await?;
+                    continue;
+                }
                 Ok(None) => return Err(BrokerError::Closed),
                 Err(_) if at_end => break,
                 Err(_) => return Err(BrokerError::Timeout(STALLED)),
             };
-            let (message, pending) = inbound(&m)?;
+            let (message, pending, consumer_seq) = inbound(&m)?;
+            if consumer_seq != self.consumer_seq + 1 {
+                // A message went missing: start again after the last one read.
+                let why = format!(
+                    "its sequence skipped from {} to {consumer_seq}",
+                    self.consumer_seq
+                );
+                self.recover(why, &mut retries).await?;
+                continue;
+            }
+            self.consumer_seq = consumer_seq;
+            self.last = message.sequence;
             self.pending = pending;
+            retries = 0;
             out.push(message);
         }
         Ok(out)
