@@ -74,3 +74,51 @@ async fn a_cursor_goes_on_where_it_was_when_its_consumer_is_lost() {
     );
     broker.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_goes_on_where_it_was_after_the_server_restarts() {
+    let mut server = NatsServer::start();
+    let broker = NatsBroker::connect(&server.url(), Default::default())
+        .await
+        .unwrap();
+    let domain = unique("cursorrestart");
+    let subject = format!("{domain}.order.placed");
+    // More than one pull request holds, so reading on needs the server.
+    const N: u64 = 10_000;
+    for r in broker
+        .publish_batch((0..N).map(|_| support::msg(&subject)).collect())
+        .await
+    {
+        r.unwrap();
+    }
+    let mut cursor = broker
+        .cursor(&format!("{domain}.>"), StartPosition::Beginning)
+        .await
+        .unwrap()
+        .expect("NATS has a cursor");
+    let first = cursor.next_batch(10).await.unwrap();
+    assert_eq!(first.len(), 10);
+    // The stream is on file and survives; the cursor's in-memory consumer,
+    // the connection and what the client had not yet received do not.
+    server.restart();
+    let mut rest = Vec::new();
+    loop {
+        let batch = cursor.next_batch(1000).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        rest.extend(batch);
+    }
+    let sequences: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .map(|m| m.sequence.unwrap())
+        .collect();
+    let wrong = sequences.iter().zip(1..).find(|(got, want)| **got != *want);
+    assert!(
+        wrong.is_none() && sequences.len() as u64 == N,
+        "each once, in order: {} read, first wrong {wrong:?}",
+        sequences.len()
+    );
+    broker.close().await;
+}
