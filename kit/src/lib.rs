@@ -24,6 +24,7 @@ pub mod health;
 pub mod hex;
 pub mod inbox;
 pub mod metrics;
+mod otlp;
 pub mod outbox;
 pub mod retry;
 pub mod router;

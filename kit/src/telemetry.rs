@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use tracing_subscriber::EnvFilter;
@@ -139,42 +139,49 @@ fn batch_processor(
         .enable_all()
         .build()
         .map_err(|e| failed(e.to_string()))?;
+    let config = batch_config();
     // The exporters spawn their connections' tasks where they are built.
-    let built = {
-        let _in_runtime = runtime.enter();
-        match protocol {
-            OtlpProtocol::HttpProtobuf => {
-                let url = if endpoint.ends_with("/v1/traces") {
-                    endpoint.to_owned()
-                } else {
-                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-                };
-                let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-                    Duration::from_secs(10),
-                    None,
-                );
+    Ok(match protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let url = if endpoint.ends_with("/v1/traces") {
+                endpoint.to_owned()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            let exporter = {
+                let _in_runtime = runtime.enter();
+                crate::otlp::HttpExporter::new(url)
+            }
+            .map_err(failed)?;
+            own_runtime(exporter, runtime, config)
+        }
+        OtlpProtocol::Grpc => {
+            let exporter = {
+                let _in_runtime = runtime.enter();
                 opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_http_client(client)
-                    .with_endpoint(url)
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(Duration::from_secs(10))
                     .build()
             }
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(Duration::from_secs(10))
-                .build(),
+            .map_err(|e| failed(e.to_string()))?;
+            own_runtime(exporter, runtime, config)
         }
-    };
-    let exporter = built.map_err(|e| failed(e.to_string()))?;
-    Ok(
-        opentelemetry_sdk::trace::BatchSpanProcessor::builder(OwnRuntime {
-            exporter: std::sync::Arc::new(exporter),
-            runtime: Some(runtime),
-        })
-        .with_batch_config(batch_config())
-        .build(),
-    )
+    })
+}
+
+/// A batch span processor handing its batches to `exporter` on `runtime`.
+fn own_runtime<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+    exporter: E,
+    runtime: tokio::runtime::Runtime,
+    config: opentelemetry_sdk::trace::BatchConfig,
+) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    opentelemetry_sdk::trace::BatchSpanProcessor::builder(OwnRuntime {
+        exporter: std::sync::Arc::new(exporter),
+        runtime: Some(runtime),
+    })
+    .with_batch_config(config)
+    .build()
 }
 
 /// An OTLP exporter whose exports run on a Tokio runtime of its own (one
@@ -182,12 +189,14 @@ fn batch_processor(
 /// encoding of thousands of spans never holds a worker of the service's
 /// runtime.
 #[derive(Debug)]
-struct OwnRuntime {
-    exporter: std::sync::Arc<opentelemetry_otlp::SpanExporter>,
+struct OwnRuntime<E> {
+    exporter: std::sync::Arc<E>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl opentelemetry_sdk::trace::SpanExporter for OwnRuntime {
+impl<E: opentelemetry_sdk::trace::SpanExporter + 'static> opentelemetry_sdk::trace::SpanExporter
+    for OwnRuntime<E>
+{
     fn export(
         &self,
         batch: Vec<SpanData>,
@@ -222,7 +231,7 @@ impl opentelemetry_sdk::trace::SpanExporter for OwnRuntime {
     }
 }
 
-impl Drop for OwnRuntime {
+impl<E> Drop for OwnRuntime<E> {
     fn drop(&mut self) {
         // Dropped on the batch processor's thread, or in an async context
         // on a failed set-up: never block there.

@@ -129,3 +129,68 @@ async fn spans_are_exported_over_grpc_when_asked() {
     emit_place_order_then_reserve_stock(&config, provider).await;
     assert_place_order_then_reserve_stock(&got.lock().unwrap(), "payments");
 }
+
+/// A receiver that answers the first `refuse` requests with 503 (and
+/// `Retry-After: 0`), then takes them.
+async fn flaky_receiver(refuse: usize) -> (String, Received, Arc<Mutex<usize>>) {
+    let got = Received::default();
+    let attempts = Arc::new(Mutex::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(
+            "/v1/traces",
+            post(
+                move |State((got, attempts)): State<(Received, Arc<Mutex<usize>>)>,
+                      headers: axum::http::HeaderMap,
+                      body: Bytes| async move {
+                    assert_eq!(headers["content-type"], "application/x-protobuf");
+                    let n = {
+                        let mut a = attempts.lock().unwrap();
+                        *a += 1;
+                        *a
+                    };
+                    if n <= refuse {
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "0")],
+                        );
+                    }
+                    got.lock()
+                        .unwrap()
+                        .push(ExportTraceServiceRequest::decode(body).unwrap());
+                    (
+                        axum::http::StatusCode::OK,
+                        [("content-type", "application/x-protobuf")],
+                    )
+                },
+            ),
+        )
+        .with_state((got.clone(), attempts.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), got, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_the_collector_cannot_take_yet_is_sent_again() {
+    let (endpoint, got, attempts) = flaky_receiver(2).await;
+    let provider = otlp_provider(&endpoint, "orders").unwrap();
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        otlp_endpoint: Some(endpoint),
+        otlp_protocol: Default::default(),
+    };
+    emit_place_order_then_reserve_stock(&config, provider).await;
+
+    // Refused twice, taken the third time: both spans arrive, once.
+    assert_eq!(*attempts.lock().unwrap(), 3);
+    let got = got.lock().unwrap();
+    let spans: usize = got
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum();
+    assert_eq!(spans, 2);
+    assert_place_order_then_reserve_stock(&got, "orders");
+}
