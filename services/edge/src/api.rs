@@ -429,9 +429,37 @@ pub(crate) async fn create_product(
     let r: ProductResult =
         ask(&edge, "inventory", &edge.inventory.create_product, &request).await?;
     let product = product_reply(r)?;
+    remember_created(&edge, &product).await?;
     let location = format!("/v1/products/{}", product.id);
     let resp = (StatusCode::CREATED, Json(product)).into_response();
     Ok(with_header(resp, header::LOCATION, &location))
+}
+
+/// Puts a product the inventory has just created into the edge's read
+/// model unless the products projection has already: its
+/// `ProductCreated` event may reach the edge after the 201, and a client
+/// that reads the product or uploads its image at once must find it (as
+/// `POST /v1/orders` writes its pending order). The projection's upsert of
+/// that event later writes the same values; a row already there (the
+/// projection was first, and perhaps later events too) is left alone.
+async fn remember_created(edge: &Edge, p: &Product) -> Result<(), Problem> {
+    products::Entity::insert(products::ActiveModel {
+        id: Set(p.id.clone()),
+        sku: Set(p.sku.clone()),
+        name: Set(p.name.clone()),
+        price_cents: Set(p.price_cents),
+        currency: Set(p.currency.clone()),
+        stock: Set(p.stock),
+        updated_at: Set(now_micros()),
+    })
+    .on_conflict(
+        sea_orm::sea_query::OnConflict::column(products::Column::Id)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&edge.db)
+    .await?;
+    Ok(())
 }
 
 /// `POST /v1/products/{id}/stock` `{delta}` (API key with `catalog:write`).

@@ -12,7 +12,7 @@ use reqwest::{Client, StatusCode, Version};
 use sluice_edge::{EdgeOptions, RateLimit, Subjects, TlsFiles};
 use sluice_kit::testing::{BrokerBackend, DbBackend, TestBroker, TestDb};
 use sluice_kit::{KitConfig, Metrics, Secret};
-use sluice_proto::shop::inventory::v1::{CreateProduct, ProductResult};
+use sluice_proto::shop::inventory::v1::{CreateProduct, Product, ProductResult};
 
 struct Env {
     tb: TestBroker,
@@ -293,6 +293,65 @@ async fn a_request_past_its_deadline_is_a_gateway_timeout() {
     assert_eq!(p["type"], "https://sluice.dev/problems/timeout");
     stop.trigger();
     slow.abort();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_created_product_can_be_read_at_once() {
+    let env = Env::start(|o| EdgeOptions {
+        admin_key: Some(Secret::new("admin")),
+        ..o
+    })
+    .await;
+    // An inventory that answers, with its `ProductCreated` event not (yet)
+    // at the edge: here it never comes.
+    let stop = sluice_kit::Shutdown::new();
+    let inventory = sluice_kit::rpc::serve(
+        env.tb.broker.clone(),
+        "quiet-inventory",
+        &env.subjects.inventory.create_product,
+        "quiet-inventory",
+        std::sync::Arc::new(()),
+        |_, _, c: CreateProduct| async move {
+            Ok(ProductResult {
+                ok: true,
+                product: Some(Product {
+                    product_id: "p-1".into(),
+                    sku: c.sku,
+                    name: c.name,
+                    price_cents: c.price_cents,
+                    currency: c.currency,
+                    stock: c.stock,
+                }),
+                ..Default::default()
+            })
+        },
+        stop.listener(),
+    )
+    .await
+    .unwrap();
+    let create = |name: &str| {
+        client()
+            .post(env.url("/v1/products"))
+            .header("x-api-key", "admin")
+            .json(&serde_json::json!({
+                "sku": "NOW", "name": name, "price_cents": 250, "currency": "EUR", "stock": 3
+            }))
+            .send()
+    };
+    let read = || client().get(env.url("/v1/products/p-1")).send();
+    assert_eq!(create("Lamp").await.unwrap().status(), StatusCode::CREATED);
+    let r = read().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((&p["name"], &p["stock"]), (&"Lamp".into(), &3.into()));
+    // A row already there (as the projection may have written it, with
+    // later changes) is left as it is.
+    assert_eq!(create("Other").await.unwrap().status(), StatusCode::CREATED);
+    let p: serde_json::Value = read().await.unwrap().json().await.unwrap();
+    assert_eq!(p["name"], "Lamp");
+    stop.trigger();
+    inventory.abort();
     env.stop().await;
 }
 
