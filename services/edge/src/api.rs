@@ -429,7 +429,10 @@ pub(crate) async fn create_product(
     let r: ProductResult =
         ask(&edge, "inventory", &edge.inventory.create_product, &request).await?;
     let product = product_reply(r)?;
-    remember_created(&edge, &product).await?;
+    if let Err(e) = remember_created(&edge, &product).await {
+        // The product exists: its event brings it into the read model.
+        tracing::warn!(product = %product.id, error = %e, "could not note a created product");
+    }
     let location = format!("/v1/products/{}", product.id);
     let resp = (StatusCode::CREATED, Json(product)).into_response();
     Ok(with_header(resp, header::LOCATION, &location))
@@ -442,7 +445,7 @@ pub(crate) async fn create_product(
 /// `POST /v1/orders` writes its pending order). The projection's upsert of
 /// that event later writes the same values; a row already there (the
 /// projection was first, and perhaps later events too) is left alone.
-async fn remember_created(edge: &Edge, p: &Product) -> Result<(), Problem> {
+async fn remember_created(edge: &Edge, p: &Product) -> Result<(), sea_orm::DbErr> {
     products::Entity::insert(products::ActiveModel {
         id: Set(p.id.clone()),
         sku: Set(p.sku.clone()),
