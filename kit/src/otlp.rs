@@ -31,7 +31,7 @@ use opentelemetry_http::{Bytes, HttpClient, Request};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 /// The default export timeout (`OTEL_EXPORTER_OTLP_TIMEOUT` unset).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +41,26 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 // ---- protobuf, written by hand in field order -------------------------
+
+/// A varint; one byte (most lengths and every key here) without a loop.
+#[inline]
+fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+    if v < 0x80 {
+        buf.push(v as u8);
+        return;
+    }
+    while v >= 0x80 {
+        buf.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// A field's key: its tag and wire type.
+#[inline]
+fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    encode_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
 
 /// Bytes of a length-delimited field `tag` holding `len` bytes.
 fn field_len(tag: u32, len: usize) -> usize {
@@ -207,9 +227,14 @@ fn put_kvs<'a>(tag: u32, kvs: impl Iterator<Item = &'a KeyValue>, buf: &mut Vec<
 }
 
 fn put_kv(tag: u32, key: &str, value: &Any<'_>, buf: &mut Vec<u8>) {
-    put_len(tag, kv_len(key, value), buf);
+    let value_len = any_len(value);
+    put_len(
+        tag,
+        bytes_len(1, key.as_bytes()) + field_len(2, value_len),
+        buf,
+    );
     put_bytes(1, key.as_bytes(), buf);
-    put_len(2, any_len(value), buf);
+    put_len(2, value_len, buf);
     put_any(value, buf);
 }
 
