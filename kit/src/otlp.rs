@@ -31,6 +31,7 @@ use opentelemetry_http::{Bytes, HttpClient, Request};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::SpanData;
+use prost::Message as _;
 use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 /// The default export timeout (`OTEL_EXPORTER_OTLP_TIMEOUT` unset).
@@ -487,6 +488,31 @@ pub(crate) fn parse_headers(value: &str) -> Vec<(HeaderName, HeaderValue)> {
     headers
 }
 
+/// The part of an `ExportTraceServiceResponse` a collector fills when it
+/// took only some of a batch.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<PartialSuccess>,
+}
+
+/// `ExportTracePartialSuccess`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+/// What a collector's successful answer says it rejected, `(spans,
+/// message)`, when it rejected any or said why.
+fn rejected(body: &[u8]) -> Option<(i64, String)> {
+    let p = ExportResponse::decode(body).ok()?.partial_success?;
+    (p.rejected_spans > 0 || !p.error_message.is_empty())
+        .then_some((p.rejected_spans, p.error_message))
+}
+
 /// Exports spans to an OTLP/HTTP endpoint as protobuf.
 #[derive(Debug)]
 pub(crate) struct HttpExporter {
@@ -564,7 +590,7 @@ impl HttpExporter {
     }
 
     /// One POST of `body`.
-    async fn post(&self, body: Bytes) -> Result<(StatusCode, Option<Duration>), String> {
+    async fn post(&self, body: Bytes) -> Result<(StatusCode, Option<Duration>, Bytes), String> {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(&self.url)
@@ -585,7 +611,7 @@ impl HttpExporter {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        Ok((response.status(), retry_after))
+        Ok((response.status(), retry_after, response.into_body()))
     }
 
     /// Posts `body`, retrying what OTLP calls retryable until the timeout.
@@ -596,8 +622,13 @@ impl HttpExporter {
             let left = deadline.saturating_duration_since(Instant::now());
             let failed = match tokio::time::timeout(left, self.post(body.clone())).await {
                 Err(_) => format!("no answer within {:?}", self.timeout),
-                Ok(Ok((status, _))) if status.is_success() => return Ok(()),
-                Ok(Ok((status, retry_after)))
+                Ok(Ok((status, _, answer))) if status.is_success() => {
+                    if let Some((spans, error)) = rejected(&answer) {
+                        tracing::warn!(url = %self.url, rejected_spans = spans, error, "the OTLP collector rejected spans");
+                    }
+                    return Ok(());
+                }
+                Ok(Ok((status, retry_after, _)))
                     if matches!(status.as_u16(), 429 | 502 | 503 | 504) =>
                 {
                     let failed = format!("HTTP {status}");
@@ -606,7 +637,7 @@ impl HttpExporter {
                     }
                     failed
                 }
-                Ok(Ok((status, _))) => {
+                Ok(Ok((status, _, _))) => {
                     return Err(OTelSdkError::InternalFailure(format!(
                         "OTLP export to {} failed: HTTP {status}",
                         self.url
@@ -848,6 +879,34 @@ mod tests {
             assert!(HttpExporter::with_env(url(), bad).is_err());
         }
         assert!(HttpExporter::with_env("not a url".to_owned(), |_| None).is_err());
+    }
+
+    #[test]
+    fn a_partial_success_is_read_from_the_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let answer = |rejected_spans, error_message: &str| {
+            ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message: error_message.to_owned(),
+                }),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(rejected(&answer(3, "quota")), Some((3, "quota".to_owned())));
+        assert_eq!(
+            rejected(&answer(0, "slow down")),
+            Some((0, "slow down".to_owned()))
+        );
+        assert_eq!(rejected(&answer(0, "")), None);
+        assert_eq!(
+            rejected(&ExportTraceServiceResponse::default().encode_to_vec()),
+            None
+        );
+        assert_eq!(rejected(b""), None);
+        assert_eq!(rejected(b"\xff\xff not protobuf"), None);
     }
 
     #[test]
