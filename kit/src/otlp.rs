@@ -43,13 +43,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 // ---- protobuf, written by hand in field order -------------------------
 
-/// A varint; one byte (most lengths and every key here) without a loop.
+/// A varint, written in place (prost's takes any `BufMut` and is not
+/// inlined; most values here, every key and most lengths, are one byte).
 #[inline]
 fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
-    if v < 0x80 {
-        buf.push(v as u8);
-        return;
-    }
     while v >= 0x80 {
         buf.push((v as u8 & 0x7f) | 0x80);
         v >>= 7;
@@ -210,14 +207,15 @@ fn put_any(v: &Any<'_>, buf: &mut Vec<u8>) {
     }
 }
 
-/// The encoded length of a `KeyValue` message.
-fn kv_len(key: &str, value: &Any<'_>) -> usize {
-    bytes_len(1, key.as_bytes()) + field_len(2, any_len(value))
+/// The encoded length of a `KeyValue` message whose value's is
+/// `value_len`.
+fn kv_len(key: &str, value_len: usize) -> usize {
+    bytes_len(1, key.as_bytes()) + field_len(2, value_len)
 }
 
 /// The bytes of a repeated `KeyValue` field `tag`.
 fn kvs_len<'a>(tag: u32, kvs: impl Iterator<Item = &'a KeyValue>) -> usize {
-    kvs.map(|kv| field_len(tag, kv_len(kv.key.as_str(), &any(&kv.value))))
+    kvs.map(|kv| field_len(tag, kv_len(kv.key.as_str(), any_len(&any(&kv.value)))))
         .sum()
 }
 
@@ -229,11 +227,7 @@ fn put_kvs<'a>(tag: u32, kvs: impl Iterator<Item = &'a KeyValue>, buf: &mut Vec<
 
 fn put_kv(tag: u32, key: &str, value: &Any<'_>, buf: &mut Vec<u8>) {
     let value_len = any_len(value);
-    put_len(
-        tag,
-        bytes_len(1, key.as_bytes()) + field_len(2, value_len),
-        buf,
-    );
+    put_len(tag, kv_len(key, value_len), buf);
     put_bytes(1, key.as_bytes(), buf);
     put_len(2, value_len, buf);
     put_any(value, buf);
