@@ -36,15 +36,15 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], BrokerError> {
     Ok(head)
 }
 
-fn text(bytes: &[u8]) -> Result<String, BrokerError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| BrokerError::Storage("header is not UTF-8".into()))
+fn text(bytes: &[u8]) -> Result<&str, BrokerError> {
+    std::str::from_utf8(bytes).map_err(|_| BrokerError::Storage("header is not UTF-8".into()))
 }
 
 /// Decodes headers written by [`encode`].
 pub(crate) fn decode(mut buf: &[u8]) -> Result<Headers, BrokerError> {
     let count = u16::from_be_bytes([take(&mut buf, 1)?[0], take(&mut buf, 1)?[0]]);
-    let mut headers = Headers::new();
+    // The names and values are the block less its lengths: one buffer.
+    let mut headers = Headers::with_capacity(usize::from(count), buf.len());
     for _ in 0..count {
         let n = take(&mut buf, 2)?;
         let nlen = usize::from(u16::from_be_bytes([n[0], n[1]]));
