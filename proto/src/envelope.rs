@@ -69,16 +69,27 @@ impl Headers {
         }
     }
 
+    /// The name of index entry `entry`, as bytes.
+    fn name_of(&self, &(start, end, _): &(usize, usize, usize)) -> &[u8] {
+        self.text.as_bytes().get(start..end).unwrap_or_default()
+    }
+
     /// Where `name` (lowercase) is in the index, or where it would go.
     /// Compared as bytes (the same order as `str`'s): slicing the `str`
     /// checked both ends for a character boundary at every step, and this
     /// runs for every header read of every message.
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        let (text, name) = (self.text.as_bytes(), name.as_bytes());
-        self.index.binary_search_by(|&(start, end, _)| {
-            text.get(start..end)
-                .map_or(std::cmp::Ordering::Less, |n| n.cmp(name))
-        })
+    fn find(&self, name: &[u8]) -> Result<usize, usize> {
+        self.index
+            .binary_search_by(|entry| self.name_of(entry).cmp(name))
+    }
+
+    /// Where `name` (any case) is in the index.
+    fn position(&self, name: &str) -> Option<usize> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.find(name.to_ascii_lowercase().as_bytes()).ok()
+        } else {
+            self.find(name.as_bytes()).ok()
+        }
     }
 
     /// Sets `name` (lowercased) to `value`, replacing any previous value.
@@ -90,19 +101,15 @@ impl Headers {
         self.text[start..].make_ascii_lowercase();
         self.text.push_str(value);
         let entry = (start, value_start, self.text.len());
+        let name = &self.text.as_bytes()[start..value_start];
         // Headers mostly arrive in name order (copied from another map, a
         // sorted JSON object or a log record): then the name goes last,
         // after one comparison instead of a search.
-        let bytes = self.text.as_bytes();
-        let after_last = self
-            .index
-            .last()
-            .is_none_or(|&(s, e, _)| bytes.get(s..e) < bytes.get(start..value_start));
-        if after_last {
-            self.index.push(entry);
-            return;
-        }
-        match self.find(&self.text[start..value_start]) {
+        let at = match self.index.last() {
+            Some(last) if self.name_of(last) >= name => self.find(name),
+            _ => Err(self.index.len()),
+        };
+        match at {
             Ok(i) => self.index[i] = entry,
             Err(i) => self.index.insert(i, entry),
         }
@@ -110,19 +117,13 @@ impl Headers {
 
     /// The value of `name`, if present (names are case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.find(&name.to_ascii_lowercase())
-        } else {
-            self.find(name)
-        };
-        let (_, start, end) = self.index[found.ok()?];
+        let (_, start, end) = self.index[self.position(name)?];
         Some(&self.text[start..end])
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let i = self.find(&name.to_ascii_lowercase()).ok()?;
-        let (_, start, end) = self.index.remove(i);
+        let (_, start, end) = self.index.remove(self.position(name)?);
         Some(self.text[start..end].to_owned())
     }
 
