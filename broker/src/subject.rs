@@ -10,9 +10,12 @@ use crate::BrokerError;
 pub const DLQ_PREFIX: &str = "dlq";
 
 fn token_ok(t: &str) -> bool {
-    !t.is_empty()
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !t.is_empty() && t.bytes().all(token_byte_ok)
+}
+
+/// Whether `b` may appear in a subject's token.
+fn token_byte_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
 fn bad(subject: &str, reason: &str) -> BrokerError {
@@ -27,11 +30,23 @@ fn bad(subject: &str, reason: &str) -> BrokerError {
 /// # Errors
 /// Empty tokens, wildcards, other characters, or a single token.
 pub fn validate_subject(subject: &str) -> Result<(), BrokerError> {
-    let tokens: Vec<&str> = subject.split('.').collect();
-    if tokens.len() < 2 {
+    // Checked for every message published: one pass over the bytes.
+    let (mut tokens, mut len, mut all_ok) = (1usize, 0usize, true);
+    for b in subject.bytes() {
+        if b == b'.' {
+            all_ok &= len > 0;
+            tokens += 1;
+            len = 0;
+        } else {
+            all_ok &= token_byte_ok(b);
+            len += 1;
+        }
+    }
+    all_ok &= len > 0;
+    if tokens < 2 {
         return Err(bad(subject, "needs at least <domain>.<name>"));
     }
-    if !tokens.iter().all(|t| token_ok(t)) {
+    if !all_ok {
         return Err(bad(
             subject,
             "tokens must be non-empty [A-Za-z0-9_-] (no wildcards)",
@@ -145,6 +160,11 @@ mod tests {
         assert!(validate_subject("orders.*").is_err());
         assert!(validate_subject("orders..x").is_err());
         assert!(validate_subject("orders.a b").is_err());
+        assert!(validate_subject("").is_err());
+        assert!(validate_subject(".x").is_err());
+        assert!(validate_subject("orders.").is_err());
+        assert!(validate_subject("orders.order.placed").is_ok());
+        assert!(validate_subject("a-1.b_2").is_ok());
         assert!(validate_filter(">").is_err());
         assert!(validate_filter("*.order").is_err());
         assert!(validate_filter("orders.>.x").is_err());
