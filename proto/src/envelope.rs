@@ -69,6 +69,21 @@ impl Headers {
         }
     }
 
+    /// The headers `pairs` (later ones replacing earlier ones of the same
+    /// name), sized in a first walk over them and copied in a second, so
+    /// the map is allocated once: for iterators that are cheap to walk
+    /// twice.
+    pub fn sized_from<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+        let (count, bytes) = pairs
+            .clone()
+            .fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+        let mut headers = Self::with_capacity(count, bytes);
+        for (name, value) in pairs {
+            headers.insert(name, value);
+        }
+        headers
+    }
+
     /// The name of index entry `entry`, as bytes.
     fn name_of(&self, &(start, end, _): &(usize, usize, usize)) -> &[u8] {
         self.text.as_bytes().get(start..end).unwrap_or_default()
@@ -440,6 +455,15 @@ mod tests {
         assert_ne!(h, other);
         assert_ne!(h, Headers::new());
         assert!(Headers::with_capacity(4, 64).is_empty());
+    }
+
+    #[test]
+    fn a_sized_map_holds_what_inserting_one_by_one_gives() {
+        let pairs = [("b", "2"), ("A", "1"), ("b", "3"), ("c", "")];
+        let sized = Headers::sized_from(pairs.into_iter());
+        assert_eq!(sized, pairs.into_iter().collect::<Headers>());
+        assert_eq!(sized.get("b"), Some("3"));
+        assert_eq!(sized.len(), 3);
     }
 
     #[test]

@@ -28,22 +28,14 @@ pub(super) fn from_nats(headers: Option<&HeaderMap>) -> Headers {
     let Some(h) = headers else {
         return Headers::new();
     };
-    let ours = || {
-        h.iter().filter_map(|(name, values)| {
-            let name: &str = name.as_ref();
-            let server_header = name
-                .get(..5)
-                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
-            let value = values.first().filter(|_| !server_header)?;
-            Some((name, value.as_str()))
-        })
-    };
-    let (count, bytes) = ours().fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
-    let mut out = Headers::with_capacity(count, bytes);
-    for (name, value) in ours() {
-        out.insert(name, value);
-    }
-    out
+    Headers::sized_from(h.iter().filter_map(|(name, values)| {
+        let name: &str = name.as_ref();
+        let server_header = name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
+        let value = values.first().filter(|_| !server_header)?;
+        Some((name, value.as_str()))
+    }))
 }
 
 /// Sends a request and waits for one reply.
