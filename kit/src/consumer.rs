@@ -552,9 +552,7 @@ where
         // linked to the others'.
         let cx = crate::trace::process(
             &self.span_of(first),
-            indexes[1..]
-                .iter()
-                .map(|&i| &jobs[i].delivery.message.headers),
+            indexes[1..].iter().map(|&i| &*jobs[i].envelope),
         );
         let fut = b.start(C::from_job(job_ctx), items);
         let outcome =
@@ -671,7 +669,7 @@ where
         crate::trace::Process {
             system: self.broker_kind,
             subject: &m.subject,
-            headers: &m.headers,
+            envelope: &job.envelope,
             id: &job.envelope.id,
             group: &self.spec.name,
             correlation_id: job.envelope.correlation_id.as_deref(),

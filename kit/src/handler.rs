@@ -118,13 +118,20 @@ impl<S> Ctx<S> {
             &self.0.envelope,
         );
         let id = envelope.id.clone();
-        self.emit_message(OutboundMessage::event(subject, &envelope, event));
+        let mut message = OutboundMessage::event(subject, &envelope, event);
+        crate::trace::produce_event(&mut message, &envelope);
+        self.push(message);
         id
     }
 
     /// Emits a prepared message as it is (headers and all).
     pub fn emit_message(&self, mut message: OutboundMessage) {
         crate::trace::produce(&mut message);
+        self.push(message);
+    }
+
+    /// Queues `message` for the outbox.
+    fn push(&self, message: OutboundMessage) {
         self.0
             .emitted
             .lock()

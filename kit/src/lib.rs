@@ -32,6 +32,7 @@ pub mod rpc;
 pub mod samples;
 pub mod service;
 pub mod shutdown;
+pub mod spans;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;

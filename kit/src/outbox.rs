@@ -104,7 +104,7 @@ impl Emitter {
             envelope = envelope.correlation_id(c);
         }
         let mut message = OutboundMessage::event(subject, &envelope, event);
-        crate::trace::produce(&mut message);
+        crate::trace::produce_event(&mut message, &envelope);
         message
     }
 

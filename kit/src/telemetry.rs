@@ -15,7 +15,9 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+
+pub use crate::spans::Traces;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -47,7 +49,7 @@ fn filter() -> EnvFilter {
 pub fn subscriber<W>(
     config: &TelemetryConfig,
     writer: W,
-    traces: Option<&SdkTracerProvider>,
+    traces: Option<&Traces>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -56,8 +58,9 @@ where
     // Spans carry their own attributes; source locations, thread names and
     // busy/idle times per span would cost every event on the hot path. The
     // per-event messaging spans are made by `crate::trace` with the SDK.
-    let otel = traces.map(|p| {
-        let spans = crate::trace::MessagingSpans::new(p.tracer("sluice"));
+    let otel = traces.map(|t| {
+        let p = t.provider();
+        let spans = crate::trace::MessagingSpans::new(t);
         let bridge = tracing_opentelemetry::layer()
             .with_tracer(p.tracer("sluice"))
             .with_location(false)
@@ -94,7 +97,7 @@ where
 ///
 /// # Errors
 /// The exporter could not be built.
-pub fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+pub fn otlp_provider(endpoint: &str, service: &str) -> Result<Traces, TelemetryError> {
     otlp_provider_with(endpoint, OtlpProtocol::HttpProtobuf, service)
 }
 
@@ -107,15 +110,28 @@ pub fn otlp_provider_with(
     endpoint: &str,
     protocol: OtlpProtocol,
     service: &str,
-) -> Result<SdkTracerProvider, TelemetryError> {
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(batch_processor(endpoint, protocol)?)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_owned())
-                .build(),
-        )
-        .build())
+) -> Result<Traces, TelemetryError> {
+    traces(
+        endpoint,
+        vec![Box::new(batch_processor(endpoint, protocol)?)],
+        service,
+    )
+}
+
+/// Traces of service `service` handed to `processors` (`endpoint` names
+/// where they go, for the error).
+fn traces(
+    endpoint: &str,
+    processors: Vec<Box<dyn SpanProcessor>>,
+    service: &str,
+) -> Result<Traces, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
+    Traces::new(processors, Some(resource), "sluice").map_err(|e| TelemetryError::Otlp {
+        endpoint: endpoint.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// A batch span processor exporting to `endpoint` over `protocol`.
@@ -263,28 +279,28 @@ fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
 /// What [`init`] set up; flush it on the way out.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    traces: Option<Traces>,
 }
 
 impl Telemetry {
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.traces.is_some()
     }
 
     /// Exports the spans still buffered and stops the exporter.
     pub async fn shutdown(self) {
-        if let Some(p) = self.provider {
-            flush(p).await;
+        if let Some(t) = self.traces {
+            flush(t).await;
         }
     }
 }
 
-/// Shuts `provider` down, exporting what it buffered. The SDK blocks until
-/// the batch processor's thread has sent the rest, so it runs on a blocking
-/// thread.
-pub async fn flush(provider: SdkTracerProvider) {
-    match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+/// Shuts `traces`' provider down, exporting what it buffered. The SDK
+/// blocks until the batch processor's thread has sent the rest, so it runs
+/// on a blocking thread.
+pub async fn flush(traces: Traces) {
+    match tokio::task::spawn_blocking(move || traces.provider().shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not flush traces"),
         Err(e) => tracing::warn!(error = %e, "could not flush traces"),
@@ -297,16 +313,16 @@ pub async fn flush(provider: SdkTracerProvider) {
 /// # Errors
 /// A subscriber was already installed, or the exporter could not be built.
 pub fn init(config: &TelemetryConfig, service: &str) -> Result<Telemetry, TelemetryError> {
-    let provider = match &config.otlp_endpoint {
+    let traces = match &config.otlp_endpoint {
         Some(endpoint) => Some(otlp_provider_with(endpoint, config.otlp_protocol, service)?),
         None => None,
     };
-    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, provider.as_ref()))
+    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, traces.as_ref()))
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {
         tracing::info!(endpoint, protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry { traces })
 }
 
 /// The most recent finished spans of this process, kept in memory (a span
@@ -452,18 +468,13 @@ pub fn provider_with_recent(
     config: &TelemetryConfig,
     service: &str,
     recent: &RecentSpans,
-) -> Result<SdkTracerProvider, TelemetryError> {
-    let mut builder = SdkTracerProvider::builder()
-        .with_span_processor(recent.clone())
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_owned())
-                .build(),
-        );
+) -> Result<Traces, TelemetryError> {
+    let mut processors: Vec<Box<dyn SpanProcessor>> = vec![Box::new(recent.clone())];
     if let Some(endpoint) = &config.otlp_endpoint {
-        builder = builder.with_span_processor(batch_processor(endpoint, config.otlp_protocol)?);
+        processors.push(Box::new(batch_processor(endpoint, config.otlp_protocol)?));
     }
-    Ok(builder.build())
+    let endpoint = config.otlp_endpoint.as_deref().unwrap_or("memory");
+    traces(endpoint, processors, service)
 }
 
 /// [`init`] for a process that also keeps its recent spans (`sluice up`,
@@ -476,14 +487,14 @@ pub fn init_with_recent(
     service: &str,
     recent: &RecentSpans,
 ) -> Result<Telemetry, TelemetryError> {
-    let provider = provider_with_recent(config, service, recent)?;
-    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, Some(&provider)))
+    let traces = provider_with_recent(config, service, recent)?;
+    tracing::subscriber::set_global_default(subscriber(config, std::io::stderr, Some(&traces)))
         .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {
         tracing::info!(endpoint, protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry {
-        provider: Some(provider),
+        traces: Some(traces),
     })
 }
 
@@ -544,7 +555,7 @@ mod tests {
         use opentelemetry::trace::{Span as _, Tracer as _};
         use opentelemetry_sdk::trace::SpanProcessor as _;
         let recent = RecentSpans::new(3);
-        let provider = SdkTracerProvider::builder()
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(recent.clone())
             .build();
         let tracer = provider.tracer("test");

@@ -580,14 +580,13 @@ pub fn traces() -> &'static (
     )> = std::sync::OnceLock::new();
     TRACES.get_or_init(|| {
         let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
+        let simple = opentelemetry_sdk::trace::SimpleSpanProcessor::new(exporter.clone());
+        let traces = crate::spans::Traces::new(vec![Box::new(simple)], None, "sluice-test")
+            .unwrap_or_else(|e| panic!("cannot set up the span pipeline: {e}"));
+        let provider = traces.provider().clone();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice-test")))
-            .with(crate::trace::MessagingSpans::new(
-                provider.tracer("sluice-test"),
-            ));
+            .with(crate::trace::MessagingSpans::new(&traces));
         tracing::subscriber::set_global_default(subscriber)
             .unwrap_or_else(|e| panic!("another global subscriber is installed: {e}"));
         (provider, exporter)

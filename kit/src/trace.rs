@@ -9,28 +9,30 @@
 //! batch handler's span is the child of its first event's and links the
 //! others' ([`process`]).
 //!
-//! These two spans, one or two per event, are made with the OpenTelemetry
-//! SDK directly rather than as `tracing` spans bridged by
-//! `tracing-opentelemetry`: that bridge cost about three times as much per
-//! span, on the path every event takes (the kit benchmark's telemetry
-//! overhead). They go to the tracer of the [`MessagingSpans`] layer that
-//! [`crate::telemetry`] installs beside the bridge (or a test, with an
-//! in-memory exporter), at `info` for target `sluice_kit::trace`. A handler
-//! runs with its `process` span as OpenTelemetry's current context, so
-//! `tracing` spans it opens are the span's children. Without that layer
-//! nothing is made, and an emitted event carries on the consumed event's
-//! trace context as it was.
+//! These two spans, one or two per event, are neither `tracing` spans
+//! bridged by `tracing-opentelemetry` nor SDK spans: the handler's thread
+//! records only their ids, times and strings, and [`crate::spans`] turns
+//! them into the SDK's span data on a thread of its own (the SDK's spans
+//! cost several times as much on the path every event takes: the kit
+//! benchmark's telemetry overhead). They are recorded through the
+//! [`MessagingSpans`] layer that [`crate::telemetry`] installs beside the
+//! bridge (or a test, with an in-memory exporter), at `info` for target
+//! `sluice_kit::trace`. A handler runs with its `process` span as
+//! OpenTelemetry's current context, so `tracing` spans it opens are the
+//! span's children. Without that layer nothing is made, and an emitted
+//! event carries on the consumed event's trace context as it was.
 
+use std::time::SystemTime;
+
+use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracer;
 use sluice_broker::Headers;
 use sluice_proto::envelope;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::spans::{MessagingRecorder, Operation, Record};
 
 /// Writes `sc`'s W3C trace context into `headers`: `traceparent`, exactly
 /// as OpenTelemetry's `TraceContextPropagator` formats it, and
@@ -53,20 +55,25 @@ fn write_context(sc: &SpanContext, headers: &mut Headers) {
 /// `sc`'s `traceparent` ("00-" trace id "-" span id "-" flags, with only
 /// the sampled flag); `None` for an invalid context.
 fn traceparent_of(sc: &SpanContext) -> Option<String> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     if !sc.is_valid() {
         return None;
     }
-    let mut traceparent = String::with_capacity(55);
-    traceparent.push_str("00-");
-    crate::hex::push(&mut traceparent, &sc.trace_id().to_bytes());
-    traceparent.push('-');
-    crate::hex::push(&mut traceparent, &sc.span_id().to_bytes());
-    traceparent.push('-');
-    crate::hex::push(
-        &mut traceparent,
-        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
-    );
-    Some(traceparent)
+    // Written into a fixed buffer: this runs for every emitted event.
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
+    for (at, bytes) in [
+        (3, &sc.trace_id().to_bytes()[..]),
+        (36, &sc.span_id().to_bytes()[..]),
+        (53, &flags[..]),
+    ] {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+    }
+    // Only ASCII digits and dashes were written, so this is never `None`.
+    String::from_utf8(out.to_vec()).ok()
 }
 
 struct HeaderExtractor<'a>(&'a Headers);
@@ -99,34 +106,45 @@ fn extract(headers: &Headers) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
-/// The tracer of the kit's messaging spans, found in the `tracing`
+/// The recorder of the kit's messaging spans, found in the `tracing`
 /// subscriber (a layer that does nothing else, so [`process`] and
 /// [`produce`] reach the same tracer provider as the `tracing` bridge).
 #[derive(Debug, Clone)]
 pub struct MessagingSpans {
-    tracer: SdkTracer,
+    recorder: MessagingRecorder,
 }
 
 impl MessagingSpans {
-    /// Messaging spans made with `tracer`.
-    pub fn new(tracer: SdkTracer) -> Self {
-        Self { tracer }
+    /// Messaging spans recorded into `traces`' provider.
+    pub fn new(traces: &crate::spans::Traces) -> Self {
+        Self {
+            recorder: traces.recorder().clone(),
+        }
     }
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MessagingSpans {}
 
-/// Calls `f` with the messaging tracer when spans are made: the subscriber
-/// has a [`MessagingSpans`] layer and `info` is enabled for this module.
-fn with_tracer<R>(f: impl FnOnce(&SdkTracer) -> R) -> Option<R> {
+/// Calls `f` with the messaging spans' recorder when spans are made: the
+/// subscriber has a [`MessagingSpans`] layer and `info` is enabled for
+/// this module.
+fn with_recorder<R>(f: impl FnOnce(&MessagingRecorder) -> R) -> Option<R> {
     if !tracing::enabled!(tracing::Level::INFO) {
         return None;
     }
     let mut f = Some(f);
     tracing::dispatcher::get_default(|d| {
         let spans = d.downcast_ref::<MessagingSpans>()?;
-        f.take().map(|f| f(&spans.tracer))
+        f.take().map(|f| f(&spans.recorder))
     })
+}
+
+/// The remote span context an event's envelope carries, if valid.
+fn carried(envelope: &sluice_proto::Envelope) -> Option<SpanContext> {
+    crate::spans::remote_context(
+        envelope.traceparent.as_deref(),
+        envelope.tracestate.as_deref(),
+    )
 }
 
 /// The context a new span is the child of: the current `tracing` span's
@@ -157,61 +175,69 @@ pub fn traceparent() -> Option<String> {
 /// child of the current span) and writes its context into the message's
 /// headers.
 pub fn produce(message: &mut sluice_broker::OutboundMessage) {
-    produce_from(message, current);
+    produce_from(message, None, current);
+}
+
+/// [`produce`] for a message just built from `envelope`
+/// ([`sluice_broker::OutboundMessage::event`]): the span's attributes are
+/// taken from the envelope rather than looked up in the headers.
+pub(crate) fn produce_event(
+    message: &mut sluice_broker::OutboundMessage,
+    envelope: &sluice_proto::Envelope,
+) {
+    produce_from(message, Some(envelope), current);
 }
 
 /// [`produce`] for a message emitted later, outside the span that caused
 /// it: its `create` span is the child of `traceparent` (from
 /// [`traceparent`], kept with the work), or of the current span without one.
 pub fn produce_within(message: &mut sluice_broker::OutboundMessage, traceparent: Option<&str>) {
-    produce_from(message, || match traceparent {
+    produce_from(message, None, || match traceparent {
         Some(tp) => TraceContextPropagator::new().extract(&TraceparentExtractor(tp)),
         None => current(),
     });
 }
 
 /// Makes the `create` span, the child of `parent()` (worked out only when
-/// spans are made).
-fn produce_from(message: &mut sluice_broker::OutboundMessage, parent: impl FnOnce() -> Context) {
-    let made = with_tracer(|tracer| {
+/// spans are made); its attributes from the envelope the message was
+/// `built_from` when given, else from the message's headers.
+fn produce_from(
+    message: &mut sluice_broker::OutboundMessage,
+    built_from: Option<&sluice_proto::Envelope>,
+    parent: impl FnOnce() -> Context,
+) {
+    let made = with_recorder(|recorder| {
         let parent = parent();
-        let h = &message.headers;
-        let mut attributes = Vec::with_capacity(6);
-        attributes.extend([
-            KeyValue::new("messaging.operation.type", "create"),
-            KeyValue::new("messaging.operation.name", "create"),
-            KeyValue::new("messaging.destination.name", message.subject.clone()),
-            KeyValue::new("messaging.message.id", header(h, envelope::CE_ID)),
-        ]);
-        optional(
-            &mut attributes,
-            "messaging.message.conversation_id",
-            h.get(envelope::CORRELATION_ID),
-        );
-        optional(&mut attributes, "sluice.key", h.get(envelope::CE_SUBJECT));
-        let mut span = tracer
-            .span_builder(format!("create {}", message.subject))
-            .with_kind(SpanKind::Producer)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        let sc = span.span_context().clone();
-        span.end();
-        sc
+        let span = parent.span();
+        let parent = Some(span.span_context()).filter(|sc| sc.is_valid());
+        let (context, sampled) = recorder.start(parent, "create");
+        if sampled {
+            let h = &message.headers;
+            let [id, correlation, key] = match built_from {
+                Some(e) => [
+                    e.id.as_str(),
+                    e.correlation_id.as_deref().unwrap_or_default(),
+                    e.subject.as_deref().unwrap_or_default(),
+                ],
+                None => [
+                    envelope::CE_ID,
+                    envelope::CORRELATION_ID,
+                    envelope::CE_SUBJECT,
+                ]
+                .map(|name| h.get(name).unwrap_or_default()),
+            };
+            recorder.record(Record::new(
+                context.clone(),
+                parent,
+                Operation::Create,
+                SystemTime::now(),
+                [&message.subject, id, "", correlation, key],
+            ));
+        }
+        context
     });
     if let Some(sc) = made {
         write_context(&sc, &mut message.headers);
-    }
-}
-
-fn header(headers: &Headers, name: &str) -> String {
-    headers.get(name).unwrap_or_default().to_owned()
-}
-
-/// Adds attribute `key` when `value` is there and not empty (an empty
-/// attribute says nothing, and every attribute is exported with its span).
-fn optional(attributes: &mut Vec<KeyValue>, key: &'static str, value: Option<&str>) {
-    if let Some(v) = value.filter(|v| !v.is_empty()) {
-        attributes.push(KeyValue::new(key, v.to_owned()));
     }
 }
 
@@ -221,8 +247,8 @@ pub(crate) struct Process<'a> {
     pub(crate) system: &'static str,
     /// The event's subject.
     pub(crate) subject: &'a str,
-    /// The event's headers (its trace context).
-    pub(crate) headers: &'a Headers,
+    /// The event's envelope (its trace context, read from its headers).
+    pub(crate) envelope: &'a sluice_proto::Envelope,
     /// Its `ce-id`.
     pub(crate) id: &'a str,
     /// The consumer group.
@@ -241,41 +267,31 @@ pub(crate) struct Process<'a> {
 /// handler in, `None` when no span is made. Run the handler with [`traced`].
 pub(crate) fn process<'a>(
     p: &Process<'_>,
-    links: impl Iterator<Item = &'a Headers>,
+    links: impl Iterator<Item = &'a sluice_proto::Envelope>,
 ) -> Option<Context> {
-    with_tracer(|tracer| {
-        let parent = extract(p.headers);
-        let links: Vec<Link> = links
-            .filter_map(|h| {
-                let remote = extract(h);
-                let sc = remote.span().span_context().clone();
-                sc.is_valid().then(|| Link::with_context(sc))
-            })
-            .collect();
-        let mut attributes = Vec::with_capacity(8);
-        attributes.extend([
-            KeyValue::new("messaging.system", p.system),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.destination.name", p.subject.to_owned()),
-            KeyValue::new("messaging.message.id", p.id.to_owned()),
-            KeyValue::new("messaging.consumer.group.name", p.group.to_owned()),
-            KeyValue::new("sluice.delivery", i64::from(p.delivered)),
-        ]);
-        optional(
-            &mut attributes,
-            "messaging.message.conversation_id",
-            p.correlation_id,
-        );
-        optional(&mut attributes, "sluice.key", p.key);
-        let mut builder = tracer
-            .span_builder(format!("process {}", p.subject))
-            .with_kind(SpanKind::Consumer)
-            .with_attributes(attributes);
-        if !links.is_empty() {
-            builder = builder.with_links(links);
-        }
-        let span = builder.start_with_context(tracer, &parent);
-        parent.with_span(span)
+    with_recorder(|recorder| {
+        let parent = carried(p.envelope);
+        let (context, sampled) = recorder.start(parent.as_ref(), "process");
+        let record = sampled.then(|| {
+            Record::new(
+                context.clone(),
+                parent.as_ref(),
+                Operation::Process {
+                    system: p.system,
+                    delivered: p.delivered,
+                },
+                SystemTime::now(),
+                [
+                    p.subject,
+                    p.id,
+                    p.group,
+                    p.correlation_id.unwrap_or_default(),
+                    p.key.unwrap_or_default(),
+                ],
+            )
+            .with_links(links.filter_map(carried).collect())
+        });
+        Context::current().with_span(recorder.span(context, record))
     })
 }
 

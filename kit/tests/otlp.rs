@@ -53,7 +53,7 @@ async fn spans_are_exported_to_the_configured_endpoint() {
 /// Two spans, a parent and its child, through `provider`; then flushed.
 async fn emit_place_order_then_reserve_stock(
     config: &TelemetryConfig,
-    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    provider: sluice_kit::telemetry::Traces,
 ) {
     let sub = subscriber(config, std::io::sink, Some(&provider));
     tracing::subscriber::with_default(sub, || {
