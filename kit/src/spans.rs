@@ -30,7 +30,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SdkTracerProvider, ShouldSample, SpanData, SpanEvents, SpanLinks,
     SpanProcessor,
@@ -74,6 +74,16 @@ pub(crate) enum Text {
     Correlation,
     /// `sluice.key` (left out when empty).
     Key,
+}
+
+impl Operation {
+    /// Its name (the span name's first word) and the span's kind.
+    fn verb_and_kind(self) -> (&'static str, SpanKind) {
+        match self {
+            Operation::Process { .. } => ("process", SpanKind::Consumer),
+            Operation::Create => ("create", SpanKind::Producer),
+        }
+    }
 }
 
 const TEXTS: usize = 5;
@@ -158,10 +168,7 @@ impl Record {
     /// holds the values of the last spans' subject and consumer group).
     fn into_span_data(self, scope: &InstrumentationScope, shared: &mut SharedValues) -> SpanData {
         let subject = self.text(Text::Subject);
-        let (verb, kind) = match self.operation {
-            Operation::Process { .. } => ("process", SpanKind::Consumer),
-            Operation::Create => ("create", SpanKind::Producer),
-        };
+        let (verb, kind) = self.operation.verb_and_kind();
         let mut attributes = Vec::with_capacity(8);
         match self.operation {
             Operation::Process { system, delivered } => attributes.extend([
@@ -257,24 +264,13 @@ impl SharedValues {
 /// 55 bytes): the form every OpenTelemetry SDK writes. `None` for anything
 /// else, which [`remote_context`] leaves to the SDK's propagator.
 fn canonical_traceparent(v: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
-    fn hex(bytes: &[u8]) -> Option<u128> {
-        let mut n: u128 = 0;
-        for &b in bytes {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            n = n << 4 | u128::from(d);
-        }
-        Some(n)
-    }
+    use crate::hex::parse;
     if v.len() != 55 || !v.starts_with(b"00-") || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let trace = hex(&v[3..35])?;
-    let span = u64::try_from(hex(&v[36..52])?).ok()?;
-    let flags = u8::try_from(hex(&v[53..55])?).ok()?;
+    let trace = parse(&v[3..35])?;
+    let span = u64::try_from(parse(&v[36..52])?).ok()?;
+    let flags = u8::try_from(parse(&v[53..55])?).ok()?;
     Some((
         TraceId::from(trace),
         SpanId::from(span),
@@ -452,7 +448,7 @@ impl MessagingRecorder {
     pub(crate) fn start(
         &self,
         parent: Option<&SpanContext>,
-        operation: &str,
+        operation: Operation,
     ) -> (SpanContext, bool) {
         let trace_id = match parent {
             Some(p) => p.trace_id(),
@@ -463,14 +459,9 @@ impl MessagingRecorder {
             (Sampler::AlwaysOn, _) => true,
             (Sampler::AlwaysOff, _) => false,
             (sampler, parent) => {
-                let kind = if operation == "create" {
-                    SpanKind::Producer
-                } else {
-                    SpanKind::Consumer
-                };
+                let (verb, kind) = operation.verb_and_kind();
                 let cx = parent.map(|p| Context::new().with_remote_span_context(p.clone()));
-                let result =
-                    sampler.should_sample(cx.as_ref(), trace_id, operation, &kind, &[], &[]);
+                let result = sampler.should_sample(cx.as_ref(), trace_id, verb, &kind, &[], &[]);
                 result.decision == SamplingDecision::RecordAndSample
             }
         };
@@ -749,10 +740,9 @@ impl Traces {
         processors: Vec<Box<dyn SpanProcessor>>,
         resource: Option<Resource>,
         scope: &'static str,
-    ) -> Result<Self, OTelSdkError> {
+    ) -> std::io::Result<Self> {
         let sampler = sampler_from_env();
-        let (pipeline, recorder) = SpanPipeline::new(processors, sampler.clone(), scope)
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        let (pipeline, recorder) = SpanPipeline::new(processors, sampler.clone(), scope)?;
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(sampler)
             .with_span_processor(pipeline);
@@ -834,16 +824,17 @@ mod tests {
     }
 
     fn record(recorder: &MessagingRecorder, parent: Option<&SpanContext>, n: usize) -> Record {
-        let (context, sampled) = recorder.start(parent, "process");
+        let operation = Operation::Process {
+            system: "nats",
+            delivered: 2,
+        };
+        let (context, sampled) = recorder.start(parent, operation);
         assert!(sampled);
         let id = format!("id-{n}");
         Record::new(
             context,
             parent,
-            Operation::Process {
-                system: "nats",
-                delivered: 2,
-            },
+            operation,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             ["shop.orders.placed", &id, "billing", "", "o-1"],
         )
@@ -879,7 +870,7 @@ mod tests {
         cx.span().set_status(Status::error("boom"));
         cx.span().end();
         // An emitted event's span, ended at once.
-        let (created, _) = recorder.start(Some(&context), "create");
+        let (created, _) = recorder.start(Some(&context), Operation::Create);
         recorder.record(Record::new(
             created.clone(),
             Some(&context),
@@ -980,6 +971,11 @@ mod tests {
         assert_eq!(handed(), many + 1);
     }
 
+    const PROCESS: Operation = Operation::Process {
+        system: "nats",
+        delivered: 1,
+    };
+
     #[test]
     fn children_carry_the_trace_and_the_sampling_decision() {
         let (_pipeline, recorder) =
@@ -989,7 +985,7 @@ mod tests {
             Some("vendor=v1"),
         )
         .unwrap();
-        let (child, sampled) = recorder.start(Some(&parent), "process");
+        let (child, sampled) = recorder.start(Some(&parent), PROCESS);
         assert!(sampled && child.is_sampled() && !child.is_remote());
         assert_eq!(child.trace_id(), parent.trace_id());
         assert_ne!(child.span_id(), parent.span_id());
@@ -999,9 +995,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let (child, sampled) = recorder.start(Some(&unsampled), "process");
+        let (child, sampled) = recorder.start(Some(&unsampled), PROCESS);
         assert!(!sampled && !child.is_sampled() && child.is_valid());
-        let (root, sampled) = recorder.start(None, "create");
+        let (root, sampled) = recorder.start(None, Operation::Create);
         assert!(sampled && root.is_valid());
         assert_ne!(root.trace_id(), parent.trace_id());
     }

@@ -30,6 +30,9 @@ pub enum TelemetryError {
     /// A global subscriber is already installed in this process.
     #[error("telemetry is already initialised: {0}")]
     AlreadyInitialised(String),
+    /// The span pipeline's thread could not be started.
+    #[error("cannot start the span pipeline: {0}")]
+    Pipeline(String),
     /// The OTLP exporter could not be built.
     #[error("cannot export traces to {endpoint}: {reason}")]
     Otlp {
@@ -57,7 +60,8 @@ where
     use tracing_subscriber::Layer as _;
     // Spans carry their own attributes; source locations, thread names and
     // busy/idle times per span would cost every event on the hot path. The
-    // per-event messaging spans are made by `crate::trace` with the SDK.
+    // per-event messaging spans are recorded by `crate::trace` through
+    // `crate::spans`, beside this bridge.
     let otel = traces.map(|t| {
         let p = t.provider();
         let spans = crate::trace::MessagingSpans::new(t);
@@ -112,26 +116,21 @@ pub fn otlp_provider_with(
     service: &str,
 ) -> Result<Traces, TelemetryError> {
     traces(
-        endpoint,
         vec![Box::new(batch_processor(endpoint, protocol)?)],
         service,
     )
 }
 
-/// Traces of service `service` handed to `processors` (`endpoint` names
-/// where they go, for the error).
+/// Traces of service `service` handed to `processors`.
 fn traces(
-    endpoint: &str,
     processors: Vec<Box<dyn SpanProcessor>>,
     service: &str,
 ) -> Result<Traces, TelemetryError> {
     let resource = Resource::builder()
         .with_service_name(service.to_owned())
         .build();
-    Traces::new(processors, Some(resource), "sluice").map_err(|e| TelemetryError::Otlp {
-        endpoint: endpoint.to_owned(),
-        reason: e.to_string(),
-    })
+    Traces::new(processors, Some(resource), "sluice")
+        .map_err(|e| TelemetryError::Pipeline(e.to_string()))
 }
 
 /// A batch span processor exporting to `endpoint` over `protocol`.
@@ -473,8 +472,7 @@ pub fn provider_with_recent(
     if let Some(endpoint) = &config.otlp_endpoint {
         processors.push(Box::new(batch_processor(endpoint, config.otlp_protocol)?));
     }
-    let endpoint = config.otlp_endpoint.as_deref().unwrap_or("memory");
-    traces(endpoint, processors, service)
+    traces(processors, service)
 }
 
 /// [`init`] for a process that also keeps its recent spans (`sluice up`,

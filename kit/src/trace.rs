@@ -25,9 +25,7 @@
 use std::time::SystemTime;
 
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TraceFlags};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use sluice_broker::Headers;
 use sluice_proto::envelope;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -55,55 +53,36 @@ fn write_context(sc: &SpanContext, headers: &mut Headers) {
 /// `sc`'s `traceparent` ("00-" trace id "-" span id "-" flags, with only
 /// the sampled flag); `None` for an invalid context.
 fn traceparent_of(sc: &SpanContext) -> Option<String> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     if !sc.is_valid() {
         return None;
     }
     // Written into a fixed buffer: this runs for every emitted event.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
-    for (at, bytes) in [
-        (3, &sc.trace_id().to_bytes()[..]),
-        (36, &sc.span_id().to_bytes()[..]),
-        (53, &flags[..]),
-    ] {
-        for (i, b) in bytes.iter().enumerate() {
-            out[at + 2 * i] = DIGITS[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-        }
-    }
+    crate::hex::write(&mut out[3..35], &sc.trace_id().to_bytes());
+    crate::hex::write(&mut out[36..52], &sc.span_id().to_bytes());
+    crate::hex::write(
+        &mut out[53..55],
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
     // Only ASCII digits and dashes were written, so this is never `None`.
     String::from_utf8(out.to_vec()).ok()
 }
 
-struct HeaderExtractor<'a>(&'a Headers);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k).collect()
+/// The context whose parent is the remote span `sc` (when there is one),
+/// on top of the current one.
+fn child_of(sc: Option<SpanContext>) -> Context {
+    match sc {
+        Some(sc) => Context::current().with_remote_span_context(sc),
+        None => Context::current(),
     }
 }
 
-/// A lone `traceparent` value, kept apart from its message.
-struct TraceparentExtractor<'a>(&'a str);
-
-impl Extractor for TraceparentExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
-    }
-}
-
-/// The trace context carried in `headers` (empty when they carry none).
-fn extract(headers: &Headers) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+/// The remote span context carried in `headers`, if valid.
+fn carried_in(headers: &Headers) -> Option<SpanContext> {
+    crate::spans::remote_context(
+        headers.get(envelope::TRACEPARENT),
+        headers.get(envelope::TRACESTATE),
+    )
 }
 
 /// The recorder of the kit's messaging spans, found in the `tracing`
@@ -193,7 +172,7 @@ pub(crate) fn produce_event(
 /// [`traceparent`], kept with the work), or of the current span without one.
 pub fn produce_within(message: &mut sluice_broker::OutboundMessage, traceparent: Option<&str>) {
     produce_from(message, None, || match traceparent {
-        Some(tp) => TraceContextPropagator::new().extract(&TraceparentExtractor(tp)),
+        Some(tp) => child_of(crate::spans::remote_context(Some(tp), None)),
         None => current(),
     });
 }
@@ -210,7 +189,7 @@ fn produce_from(
         let parent = parent();
         let span = parent.span();
         let parent = Some(span.span_context()).filter(|sc| sc.is_valid());
-        let (context, sampled) = recorder.start(parent, "create");
+        let (context, sampled) = recorder.start(parent, Operation::Create);
         if sampled {
             let h = &message.headers;
             let [id, correlation, key] = match built_from {
@@ -271,15 +250,16 @@ pub(crate) fn process<'a>(
 ) -> Option<Context> {
     with_recorder(|recorder| {
         let parent = carried(p.envelope);
-        let (context, sampled) = recorder.start(parent.as_ref(), "process");
+        let operation = Operation::Process {
+            system: p.system,
+            delivered: p.delivered,
+        };
+        let (context, sampled) = recorder.start(parent.as_ref(), operation);
         let record = sampled.then(|| {
             Record::new(
                 context.clone(),
                 parent.as_ref(),
-                Operation::Process {
-                    system: p.system,
-                    delivered: p.delivered,
-                },
+                operation,
                 SystemTime::now(),
                 [
                     p.subject,
@@ -317,18 +297,18 @@ pub(crate) async fn traced<T, E: std::fmt::Display>(
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent(span: &tracing::Span, headers: &Headers) {
-    let cx = extract(headers);
-    if cx.span().span_context().is_valid() {
+    if let Some(sc) = carried_in(headers) {
         // Fails only when the span is disabled or already started a trace.
-        let _ = span.set_parent(cx);
+        let _ = span.set_parent(child_of(Some(sc)));
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use opentelemetry::propagation::Injector;
+    use opentelemetry::propagation::{Injector, TextMapPropagator as _};
     use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::*;
 
